@@ -1,0 +1,1 @@
+"""Noise schedules, v-prediction conversions, samplers and guidance."""

@@ -1,0 +1,1 @@
+"""Networks: the 3D causal VAE, the expert-adaLN diffusion transformer and text encoders."""

@@ -1,0 +1,1 @@
+"""End-to-end generation: prompt (and image or video) in, frames out."""
