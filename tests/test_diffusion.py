@@ -62,8 +62,10 @@ def test_config_keys_are_diffusers_keys():
 
 
 def test_config_errors():
-    with pytest.raises(VidFusionError, match="snr_shift"):
-        ScheduleConfig.from_dict({**RELEASED_2B, "snr_shift": 3.0})
+    with pytest.warns(UserWarning, match="snr_shift"):
+        assert ScheduleConfig.from_dict({**RELEASED_2B, "snr_shift": 3.0}) == ScheduleConfig.from_dict(RELEASED_2B)
+    with pytest.raises(VidFusionError, match="describes a EulerDiscreteScheduler"):
+        ScheduleConfig.from_dict({**RELEASED_2B, "_class_name": "EulerDiscreteScheduler"})
     with pytest.raises(VidFusionError, match="timestep_spacing='middle'"):
         ScheduleConfig(timestep_spacing="middle")
     with pytest.raises(VidFusionError, match="num_steps=0"):

@@ -153,8 +153,10 @@ def test_config_dict_round_trip_and_errors():
     d = cfg.to_dict()
     assert d["_class_name"] == "CogVideoXTransformer3DModel"
     assert TransformerConfig.from_dict({**d, "_diffusers_version": "0.42.1"}) == cfg
-    with pytest.raises(VidFusionError, match="num_blocks"):
-        TransformerConfig.from_dict({**d, "num_blocks": 4})
+    with pytest.warns(UserWarning, match="num_blocks"):
+        assert TransformerConfig.from_dict({**d, "num_blocks": 4}) == cfg
+    with pytest.raises(VidFusionError, match="describes a UNet3DConditionModel"):
+        TransformerConfig.from_dict({**d, "_class_name": "UNet3DConditionModel"})
     with pytest.raises(VidFusionError, match="multiple of 16"):
         tiny_config("cogvideox-5b", attention_head_dim=24)
 

@@ -131,7 +131,11 @@ class DPMSolverSampler(_Sampler):
 SAMPLERS = {"ddim": DDIMSampler, "dpm": DPMSolverSampler}
 
 
-def make_sampler(name: str, config: ScheduleConfig, num_steps: int) -> DDIMSampler | DPMSolverSampler:
+def check_sampler_name(name: str) -> None:
     if name not in SAMPLERS:
         raise VidFusionError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
+
+
+def make_sampler(name: str, config: ScheduleConfig, num_steps: int) -> DDIMSampler | DPMSolverSampler:
+    check_sampler_name(name)
     return SAMPLERS[name](config, num_steps)

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import torch
 
 from vidfusion.errors import VidFusionError
+from vidfusion.io.config import config_from_dict
 
 SCHEDULER_CLASS_NAMES = ("CogVideoXDDIMScheduler", "CogVideoXDPMScheduler")
 BETA_SCHEDULES = ("scaled_linear", "linear")
@@ -69,15 +70,8 @@ class ScheduleConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ScheduleConfig:
-        """Read a diffusers scheduler config; "_"-prefixed metadata (_class_name, _diffusers_version) is ignored."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in d if not k.startswith("_") and k not in known)
-        if unknown:
-            raise VidFusionError(
-                f"unknown scheduler config key(s) {', '.join(unknown)}; remove them "
-                f"(valid keys: {', '.join(sorted(known))})"
-            )
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """Read a diffusers `scheduler_config.json` dict of either CogVideoX scheduler (see `config_from_dict`)."""
+        return config_from_dict(cls, d, SCHEDULER_CLASS_NAMES, "scheduler")
 
     def to_dict(self, class_name: str = "CogVideoXDDIMScheduler") -> dict[str, Any]:
         """The diffusers `scheduler_config.json` contents for `class_name`."""

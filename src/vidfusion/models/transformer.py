@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vidfusion.errors import VidFusionError
+from vidfusion.io.config import config_from_dict
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Config
@@ -101,16 +102,8 @@ class TransformerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
-        """Build from a diffusers config.json dict; keys starting with "_" (class name, version) are ignored."""
-        d = {k: v for k, v in d.items() if not k.startswith("_")}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise VidFusionError(
-                f"unknown transformer config keys {unknown}; "
-                "remove them (this reads CogVideoXTransformer3DModel configs)"
-            )
-        return cls(**d)
+        """Read a diffusers `transformer/config.json` dict (see `config_from_dict` for unknown keys)."""
+        return config_from_dict(cls, d, ("CogVideoXTransformer3DModel",), "transformer")
 
     def to_dict(self) -> dict[str, Any]:
         """A diffusers-compatible config.json dict."""

@@ -1,0 +1,568 @@
+"""CogVideoX 3D causal VAE: video [B, 3, T, H, W] in [-1, 1] <-> latents [B, 16, (T - 1) / 4 + 1, H / 8, W / 8].
+
+Parameter names and config keys are those of diffusers' `AutoencoderKLCogVideoX`, so published `vae/` folders load
+without renaming and what we save loads in diffusers. The numbers match diffusers too, which fixes some choices that
+would otherwise look arbitrary:
+
+- Time is processed in chunks, 8 + r frames first (r = T mod 8, so 9 for 49 frames) then 8 at a time when encoding, and
+  2 + (t mod 2) latents first then 2 at a time when decoding. Causal convolutions carry their last 2 input frames from
+  chunk to chunk, but GroupNorm statistics and temporal pooling stay within a chunk. The chunking therefore changes
+  the output (decoding a whole sequence at once differs by up to 1.5), and the encoder is causal only at chunk
+  boundaries: the first 8k + 1 frames encode exactly as they do inside a longer video, other prefixes do not.
+- Decoding an even number of latents gives 4t frames, not 4(t - 1) + 1: every chunk is then a full 2-latent chunk,
+  which upsamples to 8 frames. `pixel_num_frames` says what `decode` returns.
+- Spatial tiling (off by default) tiles, blends and crops exactly as diffusers, including its in-place blending order,
+  so tiled results match too. Tiles still run through the temporal chunking above.
+- `DiagonalGaussian.kl` sums over every non-batch axis; diffusers' image-VAE version sums over axes 1..3 only, which
+  for video leaves the width axis unsummed.
+- A few constants are hard-coded rather than taken from the config (GroupNorm eps 1e-6 in the encoder's output norm
+  and in every SpatialNorm3D, SiLU before the output convolutions), because diffusers hard-codes them.
+- `scaling_factor`, `shift_factor`, `latents_mean/std`, `force_upcast` and `invert_scale_latents` are carried for the
+  pipeline; `encode` and `decode` never scale. `use_quant_conv` / `use_post_quant_conv` are refused: no published
+  checkpoint has them and diffusers sizes them for 3 channels, so they cannot run there either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from vidfusion.errors import VidFusionError
+from vidfusion.io.config import config_from_dict
+
+DIFFUSERS_CLASS_NAME = "AutoencoderKLCogVideoX"
+DOWN_BLOCK_TYPE = "CogVideoXDownBlock3D"
+UP_BLOCK_TYPE = "CogVideoXUpBlock3D"
+
+# The VAE was trained on chunks of these sizes; other sizes give visibly worse results (see the module docstring).
+SAMPLE_FRAMES_PER_CHUNK = 8
+LATENT_FRAMES_PER_CHUNK = 2
+
+# Convolution inputs above this many elements are split in time (diffusers' CogVideoXSafeConv3d): cuDNN fails on them.
+MAX_CONV_ELEMENTS = 2**30
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "silu": nn.SiLU, "swish": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "mish": nn.Mish,
+}
+
+ConvCache = dict[nn.Module, torch.Tensor]  # causal conv -> its last 2 (padded) input frames from the previous chunk
+
+
+# ----------------------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """The keys of a diffusers `AutoencoderKLCogVideoX` config.json; defaults are diffusers' (the CogVideoX-2B VAE)."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    down_block_types: tuple[str, ...] = (DOWN_BLOCK_TYPE,) * 4
+    up_block_types: tuple[str, ...] = (UP_BLOCK_TYPE,) * 4
+    block_out_channels: tuple[int, ...] = (128, 256, 256, 512)
+    latent_channels: int = 16
+    layers_per_block: int = 3
+    act_fn: str = "silu"
+    norm_eps: float = 1e-6
+    norm_num_groups: int = 32
+    temporal_compression_ratio: int = 4
+    sample_height: int = 480
+    sample_width: int = 720
+    scaling_factor: float = 1.15258426
+    shift_factor: float | None = None
+    latents_mean: tuple[float, ...] | None = None
+    latents_std: tuple[float, ...] | None = None
+    force_upcast: bool = True
+    use_quant_conv: bool = False
+    use_post_quant_conv: bool = False
+    invert_scale_latents: bool = False
+
+    def __post_init__(self) -> None:
+        # JSON gives lists (and diffusers types the ratio as float); store tuples/ints so configs compare and hash.
+        for name in ("down_block_types", "up_block_types", "block_out_channels", "latents_mean", "latents_std"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+        ratio = self.temporal_compression_ratio
+        levels = len(self.block_out_channels) - 1
+        if ratio < 1 or ratio != int(ratio) or int(ratio) & (int(ratio) - 1) or int(ratio) > 2**levels:
+            raise VidFusionError(
+                f"temporal_compression_ratio={ratio} is not a power of two up to {2**levels}; "
+                f"use 4 (every CogVideoX VAE) or another power of two up to 2**(len(block_out_channels) - 1)"
+            )
+        object.__setattr__(self, "temporal_compression_ratio", int(ratio))
+        n = len(self.block_out_channels)
+        if self.down_block_types != (DOWN_BLOCK_TYPE,) * n or self.up_block_types != (UP_BLOCK_TYPE,) * n:
+            raise VidFusionError(
+                f"down/up_block_types must be {n} x {DOWN_BLOCK_TYPE!r} / {UP_BLOCK_TYPE!r} "
+                f"(one per block_out_channels entry); got {list(self.down_block_types)} / {list(self.up_block_types)}"
+            )
+        if self.act_fn not in ACTIVATIONS:
+            raise VidFusionError(f"act_fn={self.act_fn!r} is not supported; use one of {', '.join(ACTIVATIONS)}")
+        if self.use_quant_conv or self.use_post_quant_conv:
+            raise VidFusionError(
+                "use_quant_conv/use_post_quant_conv are not supported (no CogVideoX VAE has them); set both to false"
+            )
+
+    @property
+    def spatial_compression_ratio(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VAEConfig:
+        """Read a diffusers `vae/config.json` dict (see `config_from_dict` for unknown keys)."""
+        return config_from_dict(cls, d, (DIFFUSERS_CLASS_NAME,), "VAE")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The diffusers `vae/config.json` contents."""
+        d: dict[str, Any] = {"_class_name": DIFFUSERS_CLASS_NAME}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            d[f.name] = list(value) if isinstance(value, tuple) else value
+        return d
+
+
+VAE_PRESETS: dict[str, VAEConfig] = {
+    "cogvideox-2b": VAEConfig(scaling_factor=1.15258426),
+    # The 5B VAE (weights and scale) is also the one CogVideoX 1.5 uses; 1.5 additionally sets invert_scale_latents.
+    "cogvideox-5b": VAEConfig(scaling_factor=0.7),
+    # Same layout and compression (4x time, 8x space, 16 latent channels) at 3.3M parameters, for CPU experiments.
+    "tiny": VAEConfig(
+        block_out_channels=(32, 64, 64, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_height=128,
+        sample_width=128,
+        scaling_factor=1.0,
+    ),
+}
+
+
+def tiny_random_config(**overrides: Any) -> VAEConfig:
+    """A VAE config small enough for unit tests (0.5M parameters) that keeps the published block layout."""
+    base = dict(
+        block_out_channels=(8, 16, 16, 32),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_height=64,
+        sample_width=64,
+        scaling_factor=1.0,
+    )
+    return VAEConfig(**{**base, **overrides})
+
+
+# ------------------------------------------------------------------------------------------------------ frame counts
+
+
+def latent_num_frames(num_frames: int, temporal_compression_ratio: int = 4) -> int:
+    """Latent frames for a video of `num_frames`; raises unless num_frames = k * ratio + 1."""
+    r = temporal_compression_ratio
+    if num_frames < 1 or (num_frames - 1) % r:
+        below = (num_frames - 1) // r * r + 1
+        options = sorted({max(below, 1), below + r}, key=lambda n: (abs(n - num_frames), n))
+        raise VidFusionError(
+            f"num_frames={num_frames} is not {r}k+1 (the VAE keeps frame 0 and compresses the rest {r}x); "
+            f"use {' or '.join(map(str, options))}"
+        )
+    return (num_frames - 1) // r + 1
+
+
+def pixel_num_frames(latent_frames: int, temporal_compression_ratio: int = 4) -> int:
+    """Frames `decode` returns for `latent_frames` latents (4t - 3 for odd t, 4t for even t; see module docstring)."""
+    r = temporal_compression_ratio
+    return r * (latent_frames - 1) + 1 if latent_frames % 2 else r * latent_frames
+
+
+def _chunk_bounds(num_frames: int, chunk: int) -> list[tuple[int, int]]:
+    """diffusers' time chunks; the remainder joins the first (49 frames -> 9, 8, 8, ...; 13 latents -> 3, 2, ...)."""
+    remainder = num_frames % chunk
+    count = max(num_frames // chunk, 1)
+    ends = [min(chunk * (i + 1) + remainder, num_frames) for i in range(count)]
+    return list(zip([0] + ends[:-1], ends))
+
+
+# --------------------------------------------------------------------------------------------------------- layers
+
+
+def _conv3d_in_time_parts(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x), computed in time slices when x is huge; slices overlap by kernel - 1 frames, so nothing changes."""
+    if x.numel() <= MAX_CONV_ELEMENTS:
+        return conv(x)
+    overlap = conv.kernel_size[0] - 1
+    parts = x.chunk(x.numel() // MAX_CONV_ELEMENTS + 1, dim=2)
+    out = [conv(parts[0])]
+    for prev, part in zip(parts, parts[1:]):
+        out.append(conv(torch.cat([prev[:, :, prev.shape[2] - overlap:], part], dim=2)))
+    return torch.cat(out, dim=2)
+
+
+class CausalConv3d(nn.Module):
+    """3D conv, zero-padded in space, padded in time on the past side only: with the previous chunk's last frames,
+    or at the start of a video with copies of frame 0 (so a still image behaves like a static video)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
+        super().__init__()
+        self.time_pad = kernel_size - 1
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, padding=(0, kernel_size // 2, kernel_size // 2))
+
+    def forward(self, x: torch.Tensor, cache: ConvCache) -> torch.Tensor:
+        if self.time_pad:
+            past = cache.get(self)
+            if past is None:
+                past = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
+            x = torch.cat([past, x], dim=2)
+            cache[self] = x[:, :, -self.time_pad:].clone()  # clone: do not keep the whole padded chunk alive
+        return _conv3d_in_time_parts(self.conv, x)
+
+
+def _resize_like(zq: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Nearest-resize latents to a decoder feature map, keeping frame 0 apart as the temporal upsampling does."""
+    if f.shape[2] > 1 and f.shape[2] % 2 == 1:
+        first = F.interpolate(zq[:, :, :1], size=(1, *f.shape[-2:]))
+        rest = F.interpolate(zq[:, :, 1:], size=(f.shape[2] - 1, *f.shape[-2:]))
+        return torch.cat([first, rest], dim=2)
+    return F.interpolate(zq, size=f.shape[-3:])
+
+
+class SpatialNorm3D(nn.Module):
+    """Decoder norm conditioned on the latent: GroupNorm(f) * conv_y(zq) + conv_b(zq) (MoVQ's spatial norm)."""
+
+    def __init__(self, channels: int, latent_channels: int, groups: int):
+        super().__init__()
+        self.norm_layer = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.conv_y = CausalConv3d(latent_channels, channels, kernel_size=1)
+        self.conv_b = CausalConv3d(latent_channels, channels, kernel_size=1)
+
+    def forward(self, f: torch.Tensor, zq: torch.Tensor, cache: ConvCache) -> torch.Tensor:
+        zq = _resize_like(zq, f)
+        return self.norm_layer(f) * self.conv_y(zq, cache) + self.conv_b(zq, cache)
+
+
+class ResnetBlock3D(nn.Module):
+    """norm -> act -> causal conv, twice, plus a (1x1x1-projected) skip. Decoder blocks use SpatialNorm3D."""
+
+    def __init__(self, in_channels: int, out_channels: int, config: VAEConfig, spatial_norm: bool = False):
+        super().__init__()
+        groups, latent = config.norm_num_groups, config.latent_channels
+        if spatial_norm:
+            self.norm1 = SpatialNorm3D(in_channels, latent, groups)
+            self.norm2 = SpatialNorm3D(out_channels, latent, groups)
+        else:
+            self.norm1 = nn.GroupNorm(groups, in_channels, eps=config.norm_eps)
+            self.norm2 = nn.GroupNorm(groups, out_channels, eps=config.norm_eps)
+        self.act = ACTIVATIONS[config.act_fn]()
+        self.conv1 = CausalConv3d(in_channels, out_channels)
+        self.conv2 = CausalConv3d(out_channels, out_channels)
+        self.conv_shortcut = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def _norm(self, norm: nn.Module, h: torch.Tensor, zq: torch.Tensor | None, cache: ConvCache) -> torch.Tensor:
+        return norm(h) if zq is None else norm(h, zq, cache)
+
+    def forward(self, x: torch.Tensor, cache: ConvCache, zq: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.conv1(self.act(self._norm(self.norm1, x, zq, cache)), cache)
+        h = self.conv2(self.act(self._norm(self.norm2, h, zq, cache)), cache)
+        skip = x if self.conv_shortcut is None else _conv3d_in_time_parts(self.conv_shortcut, x)
+        return h + skip
+
+
+class Downsample3D(nn.Module):
+    """Optionally halve time (average frame pairs, frame 0 kept apart), then halve space by a strided per-frame conv."""
+
+    def __init__(self, channels: int, compress_time: bool):
+        super().__init__()
+        self.compress_time = compress_time
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compress_time:
+            first, rest = (x[:, :, :1], x[:, :, 1:]) if x.shape[2] % 2 else (x[:, :, :0], x)
+            rest = rearrange(rest, "b c (t two) h w -> b c t two h w", two=2).mean(dim=3)
+            x = torch.cat([first, rest], dim=2)
+        t = x.shape[2]
+        x = F.pad(x, (0, 1, 0, 1))  # asymmetric (right/bottom) padding, as the checkpoints were trained
+        x = self.conv(rearrange(x, "b c t h w -> (b t) c h w"))
+        return rearrange(x, "(b t) c h w -> b c t h w", t=t)
+
+
+class Upsample3D(nn.Module):
+    """Nearest 2x in space, and in time T -> 2T - 1 (frame 0 not doubled) or 2T for even T; then a per-frame conv."""
+
+    def __init__(self, channels: int, compress_time: bool):
+        super().__init__()
+        self.compress_time = compress_time
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[2]
+        if self.compress_time and t > 1 and t % 2:
+            first = F.interpolate(x[:, :, :1], scale_factor=(1, 2, 2))
+            x = torch.cat([first, F.interpolate(x[:, :, 1:], scale_factor=2.0)], dim=2)
+        elif self.compress_time and t > 1:
+            x = F.interpolate(x, scale_factor=2.0)
+        else:
+            x = F.interpolate(x, scale_factor=(1, 2, 2))
+        t = x.shape[2]
+        x = self.conv(rearrange(x, "b c t h w -> (b t) c h w"))
+        return rearrange(x, "(b t) c h w -> b c t h w", t=t)
+
+
+class MidBlock3D(nn.Module):
+    """A stack of resnets; the down and up blocks add a resampler after it."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_layers: int, config: VAEConfig, spatial_norm: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResnetBlock3D(in_channels if i == 0 else out_channels, out_channels, config, spatial_norm)
+            for i in range(num_layers)
+        )
+
+    def forward(self, h: torch.Tensor, cache: ConvCache, zq: torch.Tensor | None = None) -> torch.Tensor:
+        for resnet in self.resnets:
+            h = resnet(h, cache, zq)
+        return h
+
+
+class DownBlock3D(MidBlock3D):
+    def __init__(self, in_channels: int, out_channels: int, config: VAEConfig, downsample: bool, compress_time: bool):
+        super().__init__(in_channels, out_channels, config.layers_per_block, config, spatial_norm=False)
+        self.downsamplers = nn.ModuleList([Downsample3D(out_channels, compress_time)]) if downsample else None
+
+    def forward(self, h: torch.Tensor, cache: ConvCache, zq: torch.Tensor | None = None) -> torch.Tensor:
+        h = super().forward(h, cache)
+        return h if self.downsamplers is None else self.downsamplers[0](h)
+
+
+class UpBlock3D(MidBlock3D):
+    def __init__(self, in_channels: int, out_channels: int, config: VAEConfig, upsample: bool, compress_time: bool):
+        super().__init__(in_channels, out_channels, config.layers_per_block + 1, config, spatial_norm=True)
+        self.upsamplers = nn.ModuleList([Upsample3D(out_channels, compress_time)]) if upsample else None
+
+    def forward(self, h: torch.Tensor, cache: ConvCache, zq: torch.Tensor | None = None) -> torch.Tensor:
+        h = super().forward(h, cache, zq)
+        return h if self.upsamplers is None else self.upsamplers[0](h)
+
+
+class Encoder3D(nn.Module):
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        ch = config.block_out_channels
+        time_levels = int(math.log2(config.temporal_compression_ratio))
+        self.conv_in = CausalConv3d(config.in_channels, ch[0])
+        # Time is compressed in the first (highest-resolution) blocks.
+        self.down_blocks = nn.ModuleList(
+            DownBlock3D(ch[max(i - 1, 0)], ch[i], config, downsample=i < len(ch) - 1, compress_time=i < time_levels)
+            for i in range(len(ch))
+        )
+        self.mid_block = MidBlock3D(ch[-1], ch[-1], 2, config, spatial_norm=False)
+        self.norm_out = nn.GroupNorm(config.norm_num_groups, ch[-1], eps=1e-6)
+        self.conv_out = CausalConv3d(ch[-1], 2 * config.latent_channels)
+
+    def forward(self, x: torch.Tensor, cache: ConvCache) -> torch.Tensor:
+        h = self.conv_in(x, cache)
+        for block in self.down_blocks:
+            h = block(h, cache)
+        h = self.mid_block(h, cache)
+        return self.conv_out(F.silu(self.norm_out(h)), cache)
+
+
+class Decoder3D(nn.Module):
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        ch = config.block_out_channels[::-1]
+        time_levels = int(math.log2(config.temporal_compression_ratio))
+        self.conv_in = CausalConv3d(config.latent_channels, ch[0])
+        self.mid_block = MidBlock3D(ch[0], ch[0], 2, config, spatial_norm=True)
+        # Time is expanded in the first (lowest-resolution) blocks, so it is not the mirror image of the encoder.
+        self.up_blocks = nn.ModuleList(
+            UpBlock3D(ch[max(i - 1, 0)], ch[i], config, upsample=i < len(ch) - 1, compress_time=i < time_levels)
+            for i in range(len(ch))
+        )
+        self.norm_out = SpatialNorm3D(ch[-1], config.latent_channels, config.norm_num_groups)
+        self.conv_out = CausalConv3d(ch[-1], config.out_channels)
+
+    def forward(self, z: torch.Tensor, cache: ConvCache) -> torch.Tensor:
+        h = self.conv_in(z, cache)
+        h = self.mid_block(h, cache, zq=z)
+        for block in self.up_blocks:
+            h = block(h, cache, zq=z)
+        return self.conv_out(F.silu(self.norm_out(h, z, cache)), cache)
+
+
+# ------------------------------------------------------------------------------------------------------ posterior
+
+
+@dataclass
+class DiagonalGaussian:
+    """The encoder's posterior, per latent element."""
+
+    mean: torch.Tensor
+    logvar: torch.Tensor
+
+    @classmethod
+    def from_moments(cls, moments: torch.Tensor) -> DiagonalGaussian:
+        mean, logvar = moments.chunk(2, dim=1)
+        return cls(mean, logvar.clamp(-30.0, 20.0))
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    @property
+    def var(self) -> torch.Tensor:
+        return torch.exp(self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        # Draw on the generator's device and move, as diffusers does: a CPU generator gives the same latents anywhere.
+        device = generator.device if generator is not None else self.mean.device
+        noise = torch.randn(self.mean.shape, generator=generator, device=device, dtype=self.mean.dtype)
+        return self.mean + self.std * noise.to(self.mean.device)
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def kl(self) -> torch.Tensor:
+        """KL(posterior || N(0, I)) per batch element, summed over channels, frames, height and width."""
+        return 0.5 * (self.mean.pow(2) + self.var - 1.0 - self.logvar).flatten(1).sum(dim=1)
+
+
+# ------------------------------------------------------------------------------------------------------------ model
+
+
+def _blend_into(prev: torch.Tensor, cur: torch.Tensor, extent: int, dim: int) -> None:
+    """Linearly cross-fade the first `extent` rows of `cur` (along `dim`) from `prev`'s last rows, in place."""
+    extent = min(prev.shape[dim], cur.shape[dim], extent)
+    if extent == 0:
+        return
+    # Weights in float64 then cast, so they round exactly like diffusers' Python-float weights.
+    w = torch.arange(extent, dtype=torch.float64, device=cur.device) / extent
+    shape = [1] * cur.ndim
+    shape[dim] = extent
+    w_cur, w_prev = w.to(cur.dtype).view(shape), (1 - w).to(cur.dtype).view(shape)
+    head = cur.narrow(dim, 0, extent)
+    head.copy_(prev.narrow(dim, prev.shape[dim] - extent, extent) * w_prev + head * w_cur)
+
+
+class CogVideoXVAE(nn.Module):
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder3D(config)
+        self.decoder = Decoder3D(config)
+        # Tiling defaults as diffusers: tiles of half the training resolution, overlap tuned by CogVideoX for 480x720.
+        self.use_tiling = False
+        self.tile_sample_min_height = config.sample_height // 2
+        self.tile_sample_min_width = config.sample_width // 2
+        self.tile_overlap_factor_height = 1 / 6
+        self.tile_overlap_factor_width = 1 / 5
+
+    # -- tiling switches (same parameters as diffusers' enable_tiling)
+
+    def enable_tiling(
+        self,
+        tile_sample_min_height: int | None = None,
+        tile_sample_min_width: int | None = None,
+        tile_overlap_factor_height: float | None = None,
+        tile_overlap_factor_width: float | None = None,
+    ) -> None:
+        """Encode/decode frames larger than a tile in overlapping spatial tiles; None keeps the current value."""
+        self.use_tiling = True
+        self.tile_sample_min_height = tile_sample_min_height or self.tile_sample_min_height
+        self.tile_sample_min_width = tile_sample_min_width or self.tile_sample_min_width
+        self.tile_overlap_factor_height = tile_overlap_factor_height or self.tile_overlap_factor_height
+        self.tile_overlap_factor_width = tile_overlap_factor_width or self.tile_overlap_factor_width
+
+    def disable_tiling(self) -> None:
+        self.use_tiling = False
+
+    @property
+    def tile_latent_min_height(self) -> int:
+        return int(self.tile_sample_min_height / self.config.spatial_compression_ratio)
+
+    @property
+    def tile_latent_min_width(self) -> int:
+        return int(self.tile_sample_min_width / self.config.spatial_compression_ratio)
+
+    # -- public API
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+        """Video [B, C_in, T, H, W] in [-1, 1], T = 4k + 1 -> posterior over [B, C_lat, k + 1, H / 8, W / 8]."""
+        if x.ndim != 5 or x.shape[1] != self.config.in_channels:
+            raise VidFusionError(
+                f"VAE input has shape {list(x.shape)}; pass a video tensor [B, {self.config.in_channels}, T, H, W]"
+            )
+        latent_num_frames(x.shape[2], self.config.temporal_compression_ratio)
+        height, width = x.shape[-2:]
+        if self.use_tiling and (height > self.tile_sample_min_height or width > self.tile_sample_min_width):
+            moments = self._tiled(
+                x, self._encode_frames,
+                tile_in=(self.tile_sample_min_height, self.tile_sample_min_width),
+                tile_out=(self.tile_latent_min_height, self.tile_latent_min_width),
+            )
+        else:
+            moments = self._encode_frames(x)
+        return DiagonalGaussian.from_moments(moments)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents [B, C_lat, t, h, w] (unscaled) -> video [B, C_out, pixel_num_frames(t), 8h, 8w], about [-1, 1]."""
+        if z.ndim != 5 or z.shape[1] != self.config.latent_channels:
+            raise VidFusionError(
+                f"VAE latents have shape {list(z.shape)}; pass [B, {self.config.latent_channels}, t, h, w] "
+                f"(channels before frames)"
+            )
+        height, width = z.shape[-2:]
+        if self.use_tiling and (height > self.tile_latent_min_height or width > self.tile_latent_min_width):
+            return self._tiled(
+                z, self._decode_frames,
+                tile_in=(self.tile_latent_min_height, self.tile_latent_min_width),
+                tile_out=(self.tile_sample_min_height, self.tile_sample_min_width),
+            )
+        return self._decode_frames(z)
+
+    # -- time chunking and spatial tiling
+
+    def _encode_frames(self, x: torch.Tensor) -> torch.Tensor:
+        cache: ConvCache = {}
+        chunks = [self.encoder(x[:, :, a:b], cache) for a, b in _chunk_bounds(x.shape[2], SAMPLE_FRAMES_PER_CHUNK)]
+        return torch.cat(chunks, dim=2)
+
+    def _decode_frames(self, z: torch.Tensor) -> torch.Tensor:
+        cache: ConvCache = {}
+        chunks = [self.decoder(z[:, :, a:b], cache) for a, b in _chunk_bounds(z.shape[2], LATENT_FRAMES_PER_CHUNK)]
+        return torch.cat(chunks, dim=2)
+
+    def _tiled(
+        self,
+        x: torch.Tensor,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        tile_in: tuple[int, int],
+        tile_out: tuple[int, int],
+    ) -> torch.Tensor:
+        """Run `fn` on overlapping tiles of x; blend each output tile into its upper and left neighbours and crop.
+
+        Tiles start every tile_in * (1 - overlap) input pixels; outputs are blended over tile_out * overlap pixels and
+        each keeps its first tile_out - blend pixels. Blending is in place, row by row, so an already-blended tile is
+        what its lower and right neighbours blend from (as in diffusers)."""
+        fh, fw = self.tile_overlap_factor_height, self.tile_overlap_factor_width
+        stride = (int(tile_in[0] * (1 - fh)), int(tile_in[1] * (1 - fw)))
+        blend = (int(tile_out[0] * fh), int(tile_out[1] * fw))
+        keep = (tile_out[0] - blend[0], tile_out[1] - blend[1])
+        height, width = x.shape[-2:]
+        rows = [
+            [fn(x[..., i : i + tile_in[0], j : j + tile_in[1]]) for j in range(0, width, stride[1])]
+            for i in range(0, height, stride[0])
+        ]
+        for i, row in enumerate(rows):
+            for j, tile in enumerate(row):
+                if i > 0:
+                    _blend_into(rows[i - 1][j], tile, blend[0], dim=3)
+                if j > 0:
+                    _blend_into(row[j - 1], tile, blend[1], dim=4)
+        return torch.cat([torch.cat([t[..., : keep[0], : keep[1]] for t in row], dim=4) for row in rows], dim=3)

@@ -1,0 +1,241 @@
+"""CogVideoX VAE: weight names, config keys and numbers against diffusers' AutoencoderKLCogVideoX (fp32, CPU)."""
+
+import dataclasses
+import inspect
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+from diffusers import AutoencoderKLCogVideoX  # noqa: E402
+
+import vidfusion.models.vae as vae_module  # noqa: E402
+from vidfusion.errors import VidFusionError  # noqa: E402
+from vidfusion.models.vae import (  # noqa: E402
+    VAE_PRESETS,
+    CogVideoXVAE,
+    VAEConfig,
+    latent_num_frames,
+    pixel_num_frames,
+    tiny_random_config,
+)
+
+TOL = 1e-4
+# Small tiles so that tiling triggers on small inputs; 1/4 overlap so that the blend bands are several pixels wide.
+TILING = dict(tile_sample_min_height=64, tile_sample_min_width=64, tile_overlap_factor_height=0.25,
+              tile_overlap_factor_width=0.25)
+
+
+def _shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item()
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[AutoencoderKLCogVideoX, CogVideoXVAE]:
+    """A randomly initialised diffusers VAE (norm affines randomised too) and ours holding the same weights."""
+    torch.manual_seed(0)
+    config = tiny_random_config()
+    ref = AutoencoderKLCogVideoX.from_config(config.to_dict()).eval()
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, torch.nn.GroupNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.3)
+    ours = CogVideoXVAE(config).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ref, ours
+
+
+def _video(frames: int, height: int = 32, width: int = 32, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, frames, height, width, generator=g) * 2 - 1
+
+
+# ------------------------------------------------------------------------------------------ weights and configs
+
+
+@pytest.mark.parametrize("config", [tiny_random_config(), VAE_PRESETS["tiny"]], ids=["random", "tiny"])
+def test_state_dict_matches_diffusers_both_ways(config):
+    torch.manual_seed(0)
+    ref = AutoencoderKLCogVideoX.from_config(config.to_dict())
+    ours = CogVideoXVAE(config)
+    assert _shapes(ours) == _shapes(ref)
+    assert not list(ours.buffers())  # diffusers has none either; a stray buffer would break strict loading
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    torch.manual_seed(1)
+    ref2 = AutoencoderKLCogVideoX.from_config(config.to_dict())
+    ref2.load_state_dict(ours.state_dict(), strict=True)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(ref2.state_dict()[k], v), k
+
+
+def test_published_layout_matches_diffusers():
+    config = VAE_PRESETS["cogvideox-2b"]
+    with torch.device("meta"):
+        ref = AutoencoderKLCogVideoX.from_config(config.to_dict())
+        ours = CogVideoXVAE(config)
+    assert _shapes(ours) == _shapes(ref)
+    assert sum(p.numel() for p in ours.parameters()) == 215_583_907
+
+
+def test_config_keys_are_diffusers_init_arguments():
+    params = set(inspect.signature(AutoencoderKLCogVideoX.__init__).parameters) - {"self"}
+    assert {f.name for f in dataclasses.fields(VAEConfig)} == params
+    # Our defaults are diffusers' defaults.
+    defaults = {k: p.default for k, p in inspect.signature(AutoencoderKLCogVideoX.__init__).parameters.items()
+                if k != "self"}
+    assert VAEConfig() == VAEConfig.from_dict(defaults)
+
+
+@pytest.mark.parametrize("name", sorted(VAE_PRESETS))
+def test_config_round_trip(name):
+    config = VAE_PRESETS[name]
+    d = config.to_dict()
+    assert d["_class_name"] == "AutoencoderKLCogVideoX"
+    assert VAEConfig.from_dict(d) == config
+    # diffusers reads our dict and writes one we read back to the same config.
+    with torch.device("meta"):
+        ref = AutoencoderKLCogVideoX.from_config(d)
+    assert VAEConfig.from_dict(dict(ref.config)) == config
+    assert ref.config.scaling_factor == config.scaling_factor
+
+
+def test_preset_scaling_factors():
+    assert VAE_PRESETS["cogvideox-2b"].scaling_factor == 1.15258426
+    assert VAE_PRESETS["cogvideox-5b"].scaling_factor == 0.7
+
+
+def test_from_dict_warns_on_unknown_keys_and_refuses_other_classes():
+    d = {**tiny_random_config().to_dict(), "_diffusers_version": "0.42.1", "_name_or_path": "x"}
+    assert VAEConfig.from_dict(d) == tiny_random_config()
+    with pytest.warns(UserWarning, match="mid_block_add_attention"):
+        assert VAEConfig.from_dict({**d, "mid_block_add_attention": True}) == tiny_random_config()
+    with pytest.raises(VidFusionError, match="describes a AutoencoderKL,"):
+        VAEConfig.from_dict({**d, "_class_name": "AutoencoderKL"})
+
+
+# ------------------------------------------------------------------------------------------------ frame counts
+
+
+def test_frame_count_helpers():
+    assert latent_num_frames(49) == 13 and latent_num_frames(81) == 21 and latent_num_frames(1) == 1
+    assert pixel_num_frames(13) == 49 and pixel_num_frames(21) == 81 and pixel_num_frames(1) == 1
+    assert pixel_num_frames(2) == 8  # even latent counts decode as whole 2-latent chunks
+
+
+def test_frame_count_error_names_nearest_valid_counts(pair):
+    _, ours = pair
+    with pytest.raises(VidFusionError, match=r"num_frames=50 .*use 49 or 53$"):
+        ours.encode(torch.zeros(1, 3, 50, 16, 16))
+    with pytest.raises(VidFusionError, match=r"use 53 or 49$"):
+        latent_num_frames(52)
+    with pytest.raises(VidFusionError, match=r"use 1 or 5$"):
+        latent_num_frames(2)
+
+
+# ------------------------------------------------------------------------------------------- numerical parity
+
+
+@torch.no_grad()
+def test_encode_matches_diffusers_in_chunks(pair):
+    ref, ours = pair
+    for frames in (1, 13, 25):  # 25 frames run as chunks of 9, 8, 8; 13 as one chunk
+        x = _video(frames)
+        want = ref.encode(x).latent_dist
+        got = ours.encode(x)
+        assert got.mean.shape == (1, 4, latent_num_frames(frames), 4, 4)
+        assert _max_diff(got.mean, want.mean) < TOL
+        assert _max_diff(got.logvar, want.logvar) < TOL
+        assert _max_diff(got.kl(), want.kl().sum(-1)) < TOL * want.kl().abs().sum()  # theirs leaves W unsummed
+        g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        assert _max_diff(got.sample(g1), want.sample(g2)) < TOL
+
+
+@torch.no_grad()
+def test_decode_matches_diffusers_in_chunks(pair):
+    ref, ours = pair
+    for latents in (1, 2, 7):  # 7 latents run as chunks of 3, 2, 2 with the caches carried
+        z = torch.randn(1, 4, latents, 4, 4, generator=torch.Generator().manual_seed(latents))
+        want = ref.decode(z).sample
+        got = ours.decode(z)
+        assert got.shape == (1, 3, pixel_num_frames(latents), 32, 32)
+        assert _max_diff(got, want) < TOL
+
+
+@torch.no_grad()
+def test_tiled_encode_and_decode_match_diffusers(pair):
+    ref, ours = pair
+    x = _video(17, height=96, width=112)  # 2 x 3 tiles of 64 px every 48 px
+    z = torch.randn(1, 4, 5, 12, 14, generator=torch.Generator().manual_seed(5))  # 2 x 3 latent tiles, chunks 3 + 2
+    plain_mean, plain_video = ours.encode(x).mean, ours.decode(z)
+    ref.enable_tiling(**TILING)
+    ours.enable_tiling(**TILING)
+    try:
+        want_post, want_video = ref.encode(x).latent_dist, ref.decode(z).sample
+        got_post, got_video = ours.encode(x), ours.decode(z)
+    finally:
+        ref.disable_tiling()
+        ours.disable_tiling()
+    assert _max_diff(got_post.mean, want_post.mean) < TOL
+    assert _max_diff(got_post.logvar, want_post.logvar) < TOL
+    assert _max_diff(got_video, want_video) < TOL
+    # Tiling really ran: tiles see less context, so the results differ from untiled ones.
+    assert _max_diff(got_post.mean, plain_mean) > 1e-3
+    assert _max_diff(got_video, plain_video) > 1e-3
+
+
+def test_posterior_matches_diffusers_including_logvar_clamp():
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    moments = torch.randn(2, 8, 3, 4, 5, generator=torch.Generator().manual_seed(0)) * 40  # beyond [-30, 20]
+    want, got = DiagonalGaussianDistribution(moments), vae_module.DiagonalGaussian.from_moments(moments)
+    assert got.logvar.min() == -30 and got.logvar.max() == 20
+    for a, b in ((got.mean, want.mean), (got.logvar, want.logvar), (got.std, want.std), (got.mode(), want.mode())):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_tiling_defaults_match_diffusers():
+    config = VAE_PRESETS["cogvideox-2b"]
+    with torch.device("meta"):
+        ref, ours = AutoencoderKLCogVideoX.from_config(config.to_dict()), CogVideoXVAE(config)
+    names = ("tile_sample_min_height", "tile_sample_min_width", "tile_latent_min_height", "tile_latent_min_width",
+             "tile_overlap_factor_height", "tile_overlap_factor_width")
+    assert [getattr(ours, n) for n in names] == [getattr(ref, n) for n in names] == [240, 360, 30, 45, 1 / 6, 1 / 5]
+    ref.enable_tiling(tile_sample_min_height=96)
+    ours.enable_tiling(tile_sample_min_height=96)
+    assert [getattr(ours, n) for n in names] == [getattr(ref, n) for n in names]
+    assert ours.use_tiling
+
+
+# ------------------------------------------------------------------------------------------------- properties
+
+
+@torch.no_grad()
+def test_encoder_is_causal_at_chunk_boundaries(pair):
+    """The first 8k + 1 frames are exactly the first time chunks of a longer video, with the same carried caches, so
+    their latents must agree up to float noise only: we allow 1e-6, though on CPU they are bitwise equal. Inside a
+    chunk GroupNorm pools statistics over all of its frames, so shorter prefixes do not have this property."""
+    _, ours = pair
+    long = _video(25)
+    other = long.clone()
+    other[:, :, 17:] = _video(8, seed=7)  # later frames differ
+    full = ours.encode(other).mode()
+    for frames in (9, 17):
+        prefix = ours.encode(long[:, :, :frames]).mode()
+        assert _max_diff(prefix, full[:, :, : latent_num_frames(frames)]) < 1e-6
+    assert _max_diff(ours.encode(long).mode()[:, :, 5:], full[:, :, 5:]) > 1e-3  # the changed frames do matter
+    assert _max_diff(ours.encode(long[:, :, :5]).mode(), full[:, :, :2]) > 1e-3  # 5 frames is mid-chunk
+
+
+def test_huge_conv_inputs_are_split_in_time_without_changing_results(monkeypatch):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(2, 3, 3, padding=(0, 1, 1))
+    x = torch.randn(1, 2, 11, 5, 5)
+    want = conv(x)
+    monkeypatch.setattr(vae_module, "MAX_CONV_ELEMENTS", x.numel() // 3)
+    torch.testing.assert_close(vae_module._conv3d_in_time_parts(conv, x), want, atol=1e-6, rtol=0)
