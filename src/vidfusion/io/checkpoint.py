@@ -106,7 +106,7 @@ def weight_files(folder: str | os.PathLike, stem: str) -> list[Path]:
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise VidFusionError(
-            f"{folder} holds only pickle weights ({pickles[0]}); VidFusion never unpickles files. Convert them once in a "
+            f"{folder} holds only pickle weights ({pickles[0]}); VidFusion never unpickles files. Convert them to safetensors once in a "
             f"trusted environment, e.g. `model.save_pretrained(folder, safe_serialization=True)`, then retry"
         )
     raise VidFusionError(f"no {stem}.safetensors in {folder}; copy the weights into the folder or pass another --model")

@@ -1,0 +1,119 @@
+"""The `vidfusion` command: argument parsing and printing only; the work lives in the pipelines.
+
+Input problems (`VidFusionError`) print one line and exit 2 without a traceback; `--traceback` or VIDFUSION_DEBUG=1
+shows it. Loading never touches the network: HF_HUB_OFFLINE is set before transformers is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from vidfusion.errors import VidFusionError
+
+SHIPPED_MODEL = Path(__file__).parent / "weights" / "tiny-t2v"
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16"}
+
+
+def _device_and_dtype(device: str, dtype: str):
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bf16" if device.startswith("cuda") else "fp32"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VidFusionError(f"--device {device} asked for a GPU but torch sees none; use --device cpu")
+    return torch.device(device), getattr(torch, DTYPES[dtype])
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from vidfusion.io.checkpoint import read_json
+    from vidfusion.io.pretrained import load_pretrained
+    from vidfusion.io.video import write_video
+    from vidfusion.models.transformer import TransformerConfig
+    from vidfusion.pipelines.text_to_video import T2VRequest, check_request, text_to_video
+
+    start = time.perf_counter()
+    model = Path(args.model) if args.model else SHIPPED_MODEL
+    if args.model is None and not model.is_dir():
+        raise VidFusionError(f"the shipped model is missing from {model}; reinstall vidfusion or pass --model PATH")
+    device, dtype = _device_and_dtype(args.device, args.dtype)
+    request = T2VRequest(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, num_frames=args.frames, height=args.height,
+        width=args.width, num_steps=args.steps, guidance_scale=args.guidance, dynamic_cfg=args.dynamic_cfg,
+        sampler=args.sampler, seed=args.seed,
+    )
+    if not model.is_dir():
+        raise VidFusionError(f"model folder {model} does not exist; pass --model with a diffusers-layout CogVideoX folder")
+    # Validate against the config alone so that bad input fails before the (slow) weight load.
+    frames, height, width = check_request(TransformerConfig.from_dict(read_json(model / "transformer" / "config.json")),
+                                          request)
+    components = load_pretrained(model, device=device, dtype=dtype)
+    video = text_to_video(components, request, progress=not args.quiet)
+    write_video(video, args.output, fps=args.fps)
+    elapsed = time.perf_counter() - start
+    print(f"wrote {args.output} ({frames} frames, {height}x{width}, {args.steps} steps, seed {args.seed}) "
+          f"in {elapsed:.1f} s")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from vidfusion.io.inspect import describe
+
+    print(describe(Path(args.path)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidfusion", description="Latent video diffusion.")
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="text to video")
+    gen.add_argument("prompt")
+    gen.add_argument("-o", "--output", default="video.mp4", help=".mp4, .gif, .png (contact sheet) or a folder/")
+    gen.add_argument("--model", default=None, help="diffusers-layout model folder (default: the shipped tiny model)")
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--frames", type=int, default=None, help="4k+1 frames (default: the model's trained length)")
+    gen.add_argument("--height", type=int, default=None)
+    gen.add_argument("--width", type=int, default=None)
+    gen.add_argument("--steps", type=int, default=50)
+    gen.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale (1 disables)")
+    gen.add_argument("--dynamic-cfg", action="store_true", help="CogVideoX's cosine guidance ramp")
+    gen.add_argument("--sampler", default=None, help="ddim or dpm (default: the checkpoint's scheduler)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--fps", type=int, default=8)
+    gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    gen.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
+    gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(func=cmd_generate)
+
+    info = sub.add_parser("info", help="print a checkpoint's configs and parameter counts")
+    info.add_argument("path")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    debug = args.traceback or os.environ.get("VIDFUSION_DEBUG") == "1"
+    try:
+        args.func(args)
+    except VidFusionError as e:
+        if debug:
+            raise
+        print(f"vidfusion: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vidfusion: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
