@@ -33,7 +33,7 @@ def _device_and_dtype(device: str, dtype: str):
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from vidfusion.io.checkpoint import read_json
-    from vidfusion.io.pretrained import load_pretrained
+    from vidfusion.io.pretrained import load_pretrained, read_defaults
     from vidfusion.io.video import write_video
     from vidfusion.models.transformer import TransformerConfig
     from vidfusion.pipelines.text_to_video import T2VRequest, check_request, text_to_video
@@ -43,21 +43,25 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if args.model is None and not model.is_dir():
         raise VidFusionError(f"the shipped model is missing from {model}; reinstall vidfusion or pass --model PATH")
     device, dtype = _device_and_dtype(args.device, args.dtype)
-    request = T2VRequest(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, num_frames=args.frames, height=args.height,
-        width=args.width, num_steps=args.steps, guidance_scale=args.guidance, dynamic_cfg=args.dynamic_cfg,
-        sampler=args.sampler, seed=args.seed,
-    )
     if not model.is_dir():
         raise VidFusionError(f"model folder {model} does not exist; pass --model with a diffusers-layout CogVideoX folder")
+    defaults = read_defaults(model)  # what the model was tuned for; flags override
+    steps = args.steps if args.steps is not None else defaults.get("num_steps", 50)
+    guidance = args.guidance if args.guidance is not None else defaults.get("guidance_scale", 6.0)
+    fps = args.fps if args.fps is not None else defaults.get("fps", 8)
+    request = T2VRequest(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, num_frames=args.frames, height=args.height,
+        width=args.width, num_steps=steps, guidance_scale=guidance, dynamic_cfg=args.dynamic_cfg,
+        sampler=args.sampler, seed=args.seed,
+    )
     # Validate against the config alone so that bad input fails before the (slow) weight load.
     frames, height, width = check_request(TransformerConfig.from_dict(read_json(model / "transformer" / "config.json")),
                                           request)
     components = load_pretrained(model, device=device, dtype=dtype)
     video = text_to_video(components, request, progress=not args.quiet)
-    write_video(video, args.output, fps=args.fps)
+    write_video(video, args.output, fps=fps)
     elapsed = time.perf_counter() - start
-    print(f"wrote {args.output} ({frames} frames, {height}x{width}, {args.steps} steps, seed {args.seed}) "
+    print(f"wrote {args.output} ({frames} frames, {height}x{width}, {steps} steps, seed {args.seed}) "
           f"in {elapsed:.1f} s")
 
 
@@ -80,12 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--frames", type=int, default=None, help="4k+1 frames (default: the model's trained length)")
     gen.add_argument("--height", type=int, default=None)
     gen.add_argument("--width", type=int, default=None)
-    gen.add_argument("--steps", type=int, default=50)
-    gen.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale (1 disables)")
+    gen.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, else 50)")
+    gen.add_argument("--guidance", type=float, default=None,
+                     help="classifier-free guidance scale, 1 disables (default: the model's, else 6)")
     gen.add_argument("--dynamic-cfg", action="store_true", help="CogVideoX's cosine guidance ramp")
     gen.add_argument("--sampler", default=None, help="ddim or dpm (default: the checkpoint's scheduler)")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--fps", type=int, default=8)
+    gen.add_argument("--fps", type=int, default=None, help="frame rate of the file (default: the model's, else 8)")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     gen.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

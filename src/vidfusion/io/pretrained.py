@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,7 +35,7 @@ from vidfusion.io.checkpoint import (
     save_state_dict,
     write_json,
 )
-from vidfusion.models.text_encoder import TextEncoder, load_text_encoder
+from vidfusion.models.text_encoder import MINILM_PACKAGE, TextEncoder, load_text_encoder, minilm_dir
 from vidfusion.models.transformer import CogVideoXTransformer, TransformerConfig
 from vidfusion.models.vae import CogVideoXVAE, VAEConfig
 
@@ -53,6 +53,8 @@ class Components:
     schedule: ScheduleConfig
     default_sampler: str = "ddim"
     path: Path | None = None
+    # Sampling settings the model was tuned for (num_steps, guidance_scale, fps); the CLI uses them as defaults.
+    defaults: dict = field(default_factory=dict)
 
     @property
     def is_image_to_video(self) -> bool:
@@ -103,17 +105,30 @@ def load_pretrained(
     scheduler_dict = read_json(path / "scheduler" / "scheduler_config.json")
     schedule = ScheduleConfig.from_dict(scheduler_dict)
     sampler = SAMPLER_OF_SCHEDULER.get(scheduler_dict.get("_class_name"), "ddim")
+    index = read_json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
     encoder = None
     if text_encoder:
-        encoder = load_text_encoder(
-            path / "text_encoder", path / "tokenizer", transformer.config.max_text_seq_length, device, dtype
-        )
+        encoder_dir, tokenizer_dir = text_encoder_dirs(path, index)
+        encoder = load_text_encoder(encoder_dir, tokenizer_dir, transformer.config.max_text_seq_length, device, dtype)
         if encoder.dim != transformer.config.text_embed_dim:
             raise VidFusionError(
                 f"{path}: the text encoder gives {encoder.dim}-dim states but the transformer expects "
                 f"text_embed_dim={transformer.config.text_embed_dim}; the folders come from different models"
             )
-    return Components(transformer, vae, encoder, schedule, sampler, path)
+    return Components(transformer, vae, encoder, schedule, sampler, path, index.get("_vidfusion_defaults", {}))
+
+
+def text_encoder_dirs(path: Path, index: dict) -> tuple[Path, Path]:
+    """Where the text encoder and tokenizer live: the folder's own subfolders, or, when model_index.json names the
+    MiniLM package as their library (the shipped tiny model), that package's folder, so its weights are not copied."""
+    if index.get("text_encoder", [None])[0] == MINILM_PACKAGE:
+        return minilm_dir(), minilm_dir()
+    return path / "text_encoder", path / "tokenizer"
+
+
+def read_defaults(path: str | os.PathLike) -> dict:
+    index_file = Path(path) / "model_index.json"
+    return read_json(index_file).get("_vidfusion_defaults", {}) if index_file.is_file() else {}
 
 
 def save_pretrained(components: Components, path: str | os.PathLike, dtype: torch.dtype | None = None,
@@ -138,7 +153,12 @@ def save_pretrained(components: Components, path: str | os.PathLike, dtype: torc
             "vae": ["diffusers", "AutoencoderKLCogVideoX"],
         }
         encoder = components.text_encoder
-        if encoder is not None:
+        if components.defaults:
+            index["_vidfusion_defaults"] = components.defaults
+        if encoder is not None and Path(encoder.model.name_or_path) == minilm_dir():
+            index["text_encoder"] = [MINILM_PACKAGE, type(encoder.model).__name__]
+            index["tokenizer"] = [MINILM_PACKAGE, type(encoder.tokenizer).__name__]
+        elif encoder is not None:
             model = encoder.model
             original_dtype = next(model.parameters()).dtype
             try:  # nn.Module.to converts in place: convert for the write, then restore the caller's model
