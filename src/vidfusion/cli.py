@@ -71,6 +71,14 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(describe(Path(args.path)))
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    if args.model == "vae":
+        from vidfusion.training.train_vae import main as train_main
+    else:
+        from vidfusion.training.train_dit import main as train_main
+    train_main(args.config, args.overrides)  # prints where the export or the last checkpoint went
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidfusion", description="Latent video diffusion.")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
@@ -96,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=cmd_generate)
 
+    train = sub.add_parser("train", help="train the VAE or the diffusion transformer (resumes from out_dir)")
+    train.add_argument("model", choices=["vae", "dit"])
+    train.add_argument("--config", default=None, help="TOML file, e.g. configs/vae_tiny.toml (default: the defaults)")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. steps=200 lr=1e-4")
+    train.set_defaults(func=cmd_train)
+
     info = sub.add_parser("info", help="print a checkpoint's configs and parameter counts")
     info.add_argument("path")
     info.set_defaults(func=cmd_info)
@@ -105,7 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `train vae --config f steps=3`: argparse matches the overrides positional before --config (empty) and would
+    # reject what follows, so train takes the leftovers as overrides; every other command stays strict.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     debug = args.traceback or os.environ.get("VIDFUSION_DEBUG") == "1"
     try:
         args.func(args)

@@ -1,0 +1,265 @@
+"""Training configs: dataclasses read from TOML, then `key=value` overrides from the command line.
+
+Keys are flat (one TOML table-less file per run) so that every key can be overridden the same way on the command
+line. Override values are typed by the dataclass field: `steps=200` is an int, `lr=1e-4` a float, `progress=false`
+a bool, `max_minutes=none` clears an optional value, and lists take a TOML array (`sample_prompts=["a", "b"]`) or
+comma-separated items (`block_out_channels=32,64,64,64`). TOML values are checked against the same types, so a
+typo'd key or a string where a number belongs fails before any model is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+from vidfusion.errors import VidFusionError
+from vidfusion.models.vae import latent_num_frames
+
+C = TypeVar("C", bound="TrainConfig")
+
+EXPORT_DTYPES = ("fp32", "bf16", "fp16")
+MIXED_PRECISION = ("auto", "bf16", "fp32")
+
+DEFAULT_PROMPTS = (
+    "a red circle moving to the right",
+    "two blue squares moving up on a dark background",
+    "a large yellow star spinning",
+    "a small green triangle bouncing while the camera pans left",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Fields both trainers share."""
+
+    out_dir: str = "runs/run"
+    steps: int = 10_000
+    batch_size: int = 8
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 500
+    weight_decay: float = 1e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    num_frames: int = 17
+    height: int = 128
+    width: int = 128
+    log_every: int = 50
+    sample_every: int = 1000
+    ckpt_every: int = 1000
+    keep_checkpoints: int = 3
+    num_workers: int = 8
+    device: str = "auto"  # auto, cpu, cuda, cuda:1 ...
+    mixed_precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; master weights are always fp32
+    max_minutes: float | None = None  # stop cleanly (checkpoint) once this much wall-clock time has passed
+    export_dtype: str = "fp32"
+    progress: bool = True
+
+    def validate(self) -> None:
+        latent_num_frames(self.num_frames)  # 4k + 1, or a message naming the nearest valid counts
+        for name in ("steps", "batch_size", "log_every", "sample_every", "ckpt_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise VidFusionError(f"{name}={getattr(self, name)} must be at least 1; pass {name}=1 or more")
+        if self.warmup_steps < 0 or self.num_workers < 0:
+            raise VidFusionError("warmup_steps and num_workers must be >= 0; pass 0 to switch them off")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise VidFusionError(f"ema_decay={self.ema_decay} must be in [0, 1); 0.999 is typical")
+        if self.export_dtype not in EXPORT_DTYPES:
+            raise VidFusionError(
+                f"export_dtype={self.export_dtype!r} is unknown; use one of {', '.join(EXPORT_DTYPES)}"
+            )
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise VidFusionError(
+                f"mixed_precision={self.mixed_precision!r} is unknown; use one of {', '.join(MIXED_PRECISION)}"
+            )
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise VidFusionError(f"max_minutes={self.max_minutes} must be positive; pass max_minutes=none for no limit")
+
+
+@dataclass
+class VAETrainConfig(TrainConfig):
+    out_dir: str = "runs/vae"
+    lr: float = 2e-4
+    adam_beta2: float = 0.99
+    preset: str = "tiny"  # a key of models.vae.VAE_PRESETS; the fields below override it when set
+    block_out_channels: tuple[int, ...] | None = None
+    layers_per_block: int | None = None
+    latent_channels: int | None = None
+    norm_num_groups: int | None = None
+    # Loss weights. KL is per pixel (the summed KL divided by the number of pixel values), which makes kl_weight
+    # mean what it means in the LDM/CogVideoX losses, where both terms are sums over the sample.
+    kl_weight: float = 1e-6
+    grad_weight: float = 1.0  # L1 on spatial and temporal finite differences
+    disc_start: int = 5000  # GAN (generator term and discriminator training) from this step on
+    disc_weight: float = 0.5  # scales the adaptive weight
+    disc_lr: float = 2e-4
+    disc_channels: int = 64
+    image_every: int = 4  # every n-th step trains on single frames (T = 1) cut from the clips; 0 = never
+    frames_per_clip: int = 4  # frames taken from each clip on those steps
+    num_eval: int = 4  # fixed validation clips for recon sheets and val PSNR
+    scale_batches: int = 8  # batches used at export to measure the latent std for scaling_factor
+
+    def validate(self) -> None:
+        super().validate()
+        if self.height % 8 or self.width % 8:
+            raise VidFusionError(f"height/width {self.height}x{self.width} must be multiples of 8 (the VAE's stride)")
+        if (self.num_frames - 1) % 8:
+            # An even latent count decodes to 4t frames (models/vae.py), so the reconstruction would not line up.
+            low = (self.num_frames - 1) // 8 * 8 + 1
+            raise VidFusionError(
+                f"num_frames={self.num_frames} gives an even number of latent frames, which the VAE decodes to a "
+                f"different length; use {low} or {low + 8} (8k + 1)"
+            )
+        if self.image_every < 0 or self.frames_per_clip < 1:
+            raise VidFusionError("image_every must be >= 0 and frames_per_clip >= 1")
+
+
+@dataclass
+class DiTTrainConfig(TrainConfig):
+    out_dir: str = "runs/dit"
+    batch_size: int = 64
+    lr: float = 3e-4
+    vae_path: str = ""  # a VAE export folder (config.json + safetensors), e.g. runs/vae/export/vae
+    # Transformer shape; the rest of its config (latent channels, latent size) follows the VAE and the video size.
+    num_attention_heads: int = 5
+    attention_head_dim: int = 64
+    num_layers: int = 10
+    time_embed_dim: int = 256
+    patch_size: int = 2
+    max_text_seq_length: int = 32
+    use_rotary_positional_embeddings: bool = True
+    text_dropout: float = 0.1  # captions replaced by "", the pipeline's negative prompt
+    gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the transformer (CUDA only)
+    sample_prompts: tuple[str, ...] = field(default_factory=lambda: DEFAULT_PROMPTS)
+    sample_steps: int = 20
+    sample_guidance: float = 6.0
+    sample_seed: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        multiple = 8 * self.patch_size
+        if self.height % multiple or self.width % multiple:
+            raise VidFusionError(
+                f"height/width {self.height}x{self.width} must be multiples of {multiple} (VAE stride 8 x patch "
+                f"{self.patch_size})"
+            )
+        if not self.vae_path:
+            raise VidFusionError(
+                "vae_path is not set; pass vae_path=<out_dir of `vidfusion train vae`>/export/vae"
+            )
+        if not 0.0 <= self.text_dropout <= 1.0:
+            raise VidFusionError(f"text_dropout={self.text_dropout} must be in [0, 1]; 0.1 is typical")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _split_optional(hint: Any) -> tuple[Any, bool]:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(hint)) == 2:
+            return args[0], True
+    return hint, False
+
+
+def _parse_scalar(text: str, kind: type) -> Any:
+    if kind is str:
+        return text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'" else text
+    if kind is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(text)
+    return kind(text)
+
+
+def coerce(key: str, value: Any, hint: Any) -> Any:
+    """`value` (a TOML value, or the string of a command-line override) as the type `hint` of field `key`."""
+    kind, optional = _split_optional(hint)
+    try:
+        if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))):
+            return None
+        origin = typing.get_origin(kind)
+        if origin in (tuple, list):
+            item = typing.get_args(kind)[0]
+            if isinstance(value, str):
+                text = value.strip()
+                value = tomllib.loads(f"v = {text}")["v"] if text.startswith("[") else text.split(",")
+            if not isinstance(value, list | tuple):
+                raise ValueError(value)
+            items = [_parse_scalar(v.strip(), item) if isinstance(v, str) else coerce(key, v, item) for v in value]
+            return tuple(items) if origin is tuple else items
+        if isinstance(value, str):
+            return _parse_scalar(value.strip(), kind)
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind in (bool, str) and isinstance(value, kind):
+            return value
+        raise ValueError(value)
+    except (ValueError, TypeError, tomllib.TOMLDecodeError):
+        raise VidFusionError(f"{key}={value!r} is not a valid {_type_name(hint)}; fix the value in the config or "
+                             f"on the command line") from None
+
+
+def _apply(cls: type[C], values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    out = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise VidFusionError(f"unknown {where} key {key!r}; valid keys: {', '.join(names)}")
+        out[key] = coerce(key, value, hints[key])
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise VidFusionError(f"override {item!r} is not key=value; write e.g. steps=200")
+        out[key.strip()] = value
+    return out
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | Mapping[str, Any] = ()) -> C:
+    """Defaults, then the TOML file at `path` (if any), then `overrides` (["key=value", ...] or a dict)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise VidFusionError(f"config file {path} does not exist; pass --config with a TOML file such as "
+                                 f"configs/vae_tiny.toml")
+        try:
+            toml = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise VidFusionError(f"{path} is not valid TOML ({e}); fix the file") from None
+        values.update(_apply(cls, toml, f"config ({path.name})"))
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(list(overrides))
+    values.update(_apply(cls, overrides, "override"))
+    config = cls(**values)
+    config.validate()
+    return config
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """JSON-ready (tuples as lists), for train_state.json."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}

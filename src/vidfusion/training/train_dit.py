@@ -1,0 +1,263 @@
+"""Train the CogVideoX diffusion transformer on latents of the procedural world.
+
+Per step: clips -> frozen VAE -> posterior sample * scaling_factor, as [B, F, C, h, w]; captions -> frozen MiniLM
+(10% replaced by "", the pipeline's negative prompt, so classifier-free guidance has an unconditional model);
+t ~ U{0..999} on the zero-terminal-SNR CogVideoX-5B schedule; loss = MSE(v_pred, v_target).
+
+The plain v MSE *is* CogVideoX's loss: it regresses x0 with weight 1 / (1 - alphabar_t), and
+x0_pred - x0 = -sqrt(1 - alphabar_t) (v_pred - v), so the weight cancels exactly (diffusion/prediction.py).
+Computing it on v avoids multiplying by 1 / (1 - alphabar_0), about 1e3, in low precision.
+
+Master weights are fp32; the forward runs under bf16 autocast on CUDA. The export (out_dir/export/) is a complete
+diffusers-layout model folder (EMA transformer, the VAE, MiniLM + tokenizer, DDIM scheduler), so
+`vidfusion generate --model out_dir/export` runs it directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vidfusion.diffusion.prediction import add_noise, v_target
+from vidfusion.diffusion.schedule import COGVIDEOX_5B_SCHEDULE, alphas_cumprod
+from vidfusion.errors import VidFusionError
+from vidfusion.io.checkpoint import load_weights, read_json
+from vidfusion.io.pretrained import Components, load_vae, save_pretrained
+from vidfusion.io.video import contact_sheet
+from vidfusion.models.text_encoder import TextEncoder, load_text_encoder, minilm_dir
+from vidfusion.models.transformer import CogVideoXTransformer, TransformerConfig
+from vidfusion.models.vae import latent_num_frames
+from vidfusion.pipelines.text_to_video import decode, denoise, encode_prompts, initial_noise
+from vidfusion.training.checkpointing import (
+    TRAIN_STATE,
+    latest_checkpoint,
+    load_optimizer,
+    load_part,
+    optimizer_parts,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    step_dir_name,
+)
+from vidfusion.training.common import (
+    EMA,
+    Averager,
+    Deadline,
+    MetricLogger,
+    Progress,
+    WorldClips,
+    adamw,
+    autocast,
+    autocast_dtype,
+    describe_resume,
+    export_dtype,
+    grad_norm_and_clip,
+    lr_at,
+    make_loader,
+    resolve_device,
+    set_lr,
+    step_generator,
+    to_model_range,
+)
+from vidfusion.training.config import DiTTrainConfig, config_to_dict
+
+NOISE_STREAM, DROPOUT_STREAM, LATENT_STREAM = 0, 1, 2
+SCHEDULE = COGVIDEOX_5B_SCHEDULE
+
+
+def transformer_config(cfg: DiTTrainConfig, vae_config, text_dim: int) -> TransformerConfig:
+    spatial = vae_config.spatial_compression_ratio
+    return TransformerConfig(
+        num_attention_heads=cfg.num_attention_heads,
+        attention_head_dim=cfg.attention_head_dim,
+        in_channels=vae_config.latent_channels,
+        out_channels=vae_config.latent_channels,
+        time_embed_dim=cfg.time_embed_dim,
+        text_embed_dim=text_dim,
+        num_layers=cfg.num_layers,
+        sample_height=cfg.height // spatial,
+        sample_width=cfg.width // spatial,
+        sample_frames=cfg.num_frames,
+        patch_size=cfg.patch_size,
+        temporal_compression_ratio=vae_config.temporal_compression_ratio,
+        max_text_seq_length=cfg.max_text_seq_length,
+        use_rotary_positional_embeddings=cfg.use_rotary_positional_embeddings,
+    )
+
+
+def load_frozen(cfg: DiTTrainConfig, device: torch.device):
+    vae_dir = Path(cfg.vae_path)
+    if not (vae_dir / "config.json").is_file():
+        raise VidFusionError(
+            f"vae_path={vae_dir} has no config.json; point it at a VAE export folder such as runs/vae/export/vae"
+        )
+    vae = load_vae(vae_dir, device)  # eval, requires_grad off
+    encoder_dir = minilm_dir()
+    text_encoder = load_text_encoder(encoder_dir, encoder_dir, cfg.max_text_seq_length, device)
+    return vae, text_encoder
+
+
+def train(cfg: DiTTrainConfig) -> Path:
+    """Train (resuming from out_dir/checkpoints/latest when there is one); returns the export folder once `steps`
+    are done, or the last checkpoint's folder when `max_minutes` ran out first."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_root = out / "checkpoints"
+    device = resolve_device(cfg.device)
+    amp = autocast_dtype(device, cfg.mixed_precision)
+    deadline = Deadline(cfg.max_minutes)
+
+    vae, text_encoder = load_frozen(cfg, device)
+    config = transformer_config(cfg, vae.config, text_encoder.dim)
+    torch.manual_seed(cfg.seed)
+    model = CogVideoXTransformer(config).to(device).train()
+    model.gradient_checkpointing = cfg.gradient_checkpointing
+    ema = EMA(model, cfg.ema_decay)
+    opt = adamw(model, cfg.lr, (cfg.adam_beta1, cfg.adam_beta2), cfg.weight_decay, device)
+    forward = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+    ab = alphas_cumprod(SCHEDULE).to(device)
+
+    start, first_sample = 0, 0
+    folder = latest_checkpoint(ckpt_root)
+    if folder is not None:
+        state = read_json(folder / TRAIN_STATE)
+        load_weights(model, load_part(folder, "model"), folder)
+        ema.load_state_dict(load_part(folder, "ema"), state["ema_updates"])
+        load_optimizer(opt, folder, "optimizer")
+        set_rng_state(load_part(folder, "rng"))
+        start, first_sample = state["step"], state["data_position"]
+        note = describe_resume(state["config"], config_to_dict(cfg))
+        print(f"resuming from {folder} (step {start})" + (f"; {note}" if note else ""))
+
+    def save(step: int) -> Path:
+        opt_tensors, opt_json = optimizer_parts("optimizer", opt)
+        tensors = {"model": model.state_dict(), "ema": ema.state_dict(), "rng": rng_state(), **opt_tensors}
+        train_state = {
+            "data_position": first_sample + (step - start) * cfg.batch_size,
+            "ema_updates": ema.num_updates,
+            "config": config_to_dict(cfg),
+            "transformer_config": config.to_dict(),
+        }
+        return save_checkpoint(ckpt_root, step, tensors, opt_json, train_state, cfg.keep_checkpoints)
+
+    ema_model = CogVideoXTransformer(config).to(device).eval().requires_grad_(False)
+    components = Components(ema_model, vae, text_encoder, SCHEDULE, "ddim")
+    logger = MetricLogger(out)
+    progress = Progress(start, cfg.steps, "dit", cfg.progress)
+    averager = Averager()
+    dataset = WorldClips(cfg.seed, cfg.num_frames, cfg.height, cfg.width)
+    loader = make_loader(dataset, first_sample, cfg.steps - start, cfg.batch_size, cfg.num_workers, device)
+
+    for step, batch in enumerate(loader, start):
+        lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        set_lr(opt, lr)
+        x0, context = prepare_batch(cfg, step, batch, vae, text_encoder, device, amp)
+        metrics = train_step(cfg, step, x0, context, forward, model, opt, ab, device, amp)
+        ema.update(model)
+        metrics["lr"] = lr
+        averager.add(metrics)
+        progress.step(x0.shape[0])
+        done = step + 1
+
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            values = averager.pop()
+            values["throughput/clips_per_s"] = progress.throughput()
+            logger.scalars(done, values)
+            progress.show(loss=values["train/loss"], clips_s=values["throughput/clips_per_s"])
+        if done % cfg.sample_every == 0 or done == cfg.steps:
+            ema.copy_to(ema_model)
+            write_samples(cfg, done, components, out, logger, device, amp)
+        stop = deadline.reached() and done < cfg.steps
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or stop:
+            save(done)
+        if stop:
+            progress.close()
+            logger.close()
+            print(f"max_minutes={cfg.max_minutes} reached at step {done}; run the same command again to resume")
+            return ckpt_root / step_dir_name(done)
+    progress.close()
+    logger.close()
+    ema.copy_to(ema_model)
+    return export(cfg, components)
+
+
+@torch.no_grad()
+def prepare_batch(cfg: DiTTrainConfig, step: int, batch: dict, vae, text_encoder: TextEncoder,
+                  device: torch.device, amp: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scaled latents [B, F, C, h, w] in fp32, text states [B, L, D]) with text dropout applied."""
+    captions = list(batch["caption"])
+    drop = torch.rand(len(captions), generator=step_generator(cfg.seed, step, DROPOUT_STREAM)) < cfg.text_dropout
+    captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+    # Text in fp32, as the pipeline encodes prompts at inference.
+    context = text_encoder(captions)
+    x = to_model_range(batch["video"], device)
+    with autocast(device, amp):
+        z = vae.encode(x).sample(step_generator(cfg.seed, step, LATENT_STREAM, device))
+    x0 = (z.float() * vae.config.scaling_factor).permute(0, 2, 1, 3, 4).contiguous()
+    return x0, context
+
+
+def train_step(cfg: DiTTrainConfig, step: int, x0: torch.Tensor, context: torch.Tensor, forward, model,
+               opt: torch.optim.Optimizer, ab: torch.Tensor, device: torch.device,
+               amp: torch.dtype | None) -> dict[str, torch.Tensor]:
+    generator = step_generator(cfg.seed, step, NOISE_STREAM, device)
+    t = torch.randint(0, SCHEDULE.num_train_timesteps, (x0.shape[0],), generator=generator, device=device)
+    noise = torch.randn(x0.shape, generator=generator, device=device)
+    x_t = add_noise(ab, x0, noise, t)
+    with autocast(device, amp):
+        v_pred = forward(x_t, context, t)
+    loss = F.mse_loss(v_pred.float(), v_target(ab, x0, noise, t))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = grad_norm_and_clip([p for p in model.parameters() if p.grad is not None], cfg.grad_clip)
+    opt.step()
+    return {"train/loss": loss.detach(), "train/grad_norm": grad_norm}
+
+
+@torch.no_grad()
+def sample_videos(cfg: DiTTrainConfig, components: Components, prompts: list[str], device: torch.device,
+                  amp: torch.dtype | None) -> torch.Tensor:
+    """EMA samples [N, 3, T, H, W] in [-1, 1] for `prompts`: DDIM, CFG against "", fixed seed."""
+    config = components.transformer.config
+    guided = cfg.sample_guidance > 1.0
+    context = encode_prompts(components, prompts, [""] * len(prompts), guided)
+    spatial = components.vae.config.spatial_compression_ratio
+    shape = (len(prompts), latent_num_frames(cfg.num_frames), config.out_channels, cfg.height // spatial,
+             cfg.width // spatial)
+    generator = torch.Generator("cpu").manual_seed(cfg.sample_seed)
+    latents = initial_noise(shape, generator, device, torch.float32)
+    with autocast(device, amp):
+        latents = denoise(components, latents, context, cfg.sample_steps, cfg.sample_guidance, "ddim",
+                          generator=generator, progress=False)
+    return decode(components, latents.float()).float()
+
+
+def write_samples(cfg: DiTTrainConfig, step: int, components: Components, out: Path, logger: MetricLogger,
+                  device: torch.device, amp: torch.dtype | None) -> None:
+    prompts = list(cfg.sample_prompts)
+    if not prompts:
+        return
+    videos = sample_videos(cfg, components, prompts, device, amp)
+    sheet = np.concatenate([contact_sheet(v.transpose(0, 1).cpu(), cols=8) for v in videos], axis=0)
+    folder = out / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "prompts.txt").write_text("".join(f"{i}: {p}\n" for i, p in enumerate(prompts)))
+    Image.fromarray(sheet).save(folder / f"ema_{step_dir_name(step)}.png")
+    logger.image(step, "samples/ema", sheet)
+
+
+def export(cfg: DiTTrainConfig, components: Components) -> Path:
+    folder = Path(cfg.out_dir) / "export"
+    save_pretrained(components, folder, dtype=export_dtype(cfg.export_dtype))
+    print(f"exported the EMA transformer with its VAE, text encoder and DDIM scheduler to {folder}")
+    return folder
+
+
+def main(config_path: str | None, overrides: list[str]) -> Path:
+    from vidfusion.training.config import load_config
+
+    return train(load_config(DiTTrainConfig, config_path, overrides))

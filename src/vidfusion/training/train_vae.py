@@ -1,0 +1,275 @@
+"""Train the CogVideoX-layout VAE on the procedural world.
+
+Loss per step: L1 + grad_weight * finite-difference L1 + kl_weight * KL (per pixel), plus from `disc_start` on the
+hinge GAN term with the adaptive (VQGAN) weight; the 3D patch discriminator trains on the same step. Every
+`image_every`-th step trains on single frames cut from the clips (T = 1 batches), so the causal first-frame path,
+which image-to-video conditioning relies on, is trained too. See `losses` for the choice of terms.
+
+The export (out_dir/export/vae/) holds the EMA weights and a config whose `scaling_factor` is 1 / std of the
+latents, measured on a few batches at export time, so the DiT trainer sees unit-variance latents as CogVideoX does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vidfusion.errors import VidFusionError
+from vidfusion.io.checkpoint import load_weights, read_json
+from vidfusion.io.video import contact_sheet
+from vidfusion.models.vae import VAE_PRESETS, CogVideoXVAE, VAEConfig
+from vidfusion.training.checkpointing import (
+    TRAIN_STATE,
+    latest_checkpoint,
+    load_optimizer,
+    load_part,
+    optimizer_parts,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    step_dir_name,
+    write_component,
+)
+from vidfusion.training.common import (
+    EMA,
+    Averager,
+    Deadline,
+    MetricLogger,
+    Progress,
+    WorldClips,
+    adamw,
+    autocast,
+    autocast_dtype,
+    describe_resume,
+    eval_batch,
+    export_dtype,
+    grad_norm_and_clip,
+    lr_at,
+    make_loader,
+    psnr,
+    resolve_device,
+    set_lr,
+    step_generator,
+    to_model_range,
+)
+from vidfusion.training.config import VAETrainConfig, config_to_dict
+from vidfusion.training.losses import (
+    PatchDiscriminator3D,
+    adaptive_gan_weight,
+    finite_difference_l1,
+    hinge_d_loss,
+    hinge_g_loss,
+    kl_per_pixel,
+)
+
+NOISE_STREAM, FRAME_STREAM = 0, 1
+
+
+def vae_config(cfg: VAETrainConfig) -> VAEConfig:
+    if cfg.preset not in VAE_PRESETS:
+        raise VidFusionError(f"unknown VAE preset {cfg.preset!r}; use one of {', '.join(VAE_PRESETS)}")
+    fields = ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups")
+    overrides = {k: getattr(cfg, k) for k in fields if getattr(cfg, k) is not None}
+    return dataclasses.replace(VAE_PRESETS[cfg.preset], sample_height=cfg.height, sample_width=cfg.width, **overrides)
+
+
+def single_frames(x: torch.Tensor, per_clip: int, generator: torch.Generator) -> torch.Tensor:
+    """[B, 3, T, H, W] -> [B * k, 3, 1, H, W]: k distinct random frames of each clip."""
+    b, _, t = x.shape[:3]
+    k = min(per_clip, t)
+    picks = torch.stack([torch.randperm(t, generator=generator)[:k] for _ in range(b)])  # [B, k], on the CPU
+    frames = x[torch.arange(b, device=x.device)[:, None], :, picks.to(x.device)]  # [B, k, 3, H, W]
+    return frames.flatten(0, 1).unsqueeze(2)
+
+
+def is_image_step(cfg: VAETrainConfig, step: int) -> bool:
+    return cfg.image_every > 0 and step % cfg.image_every == cfg.image_every - 1
+
+
+def train(cfg: VAETrainConfig) -> Path:
+    """Train (resuming from out_dir/checkpoints/latest when there is one); returns the export folder once `steps`
+    are done, or the last checkpoint's folder when `max_minutes` ran out first."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_root = out / "checkpoints"
+    device = resolve_device(cfg.device)
+    amp = autocast_dtype(device, cfg.mixed_precision)
+    deadline = Deadline(cfg.max_minutes)
+
+    torch.manual_seed(cfg.seed)
+    config = vae_config(cfg)
+    vae = CogVideoXVAE(config).to(device).train()
+    disc = PatchDiscriminator3D(config.out_channels, cfg.disc_channels).to(device).train()
+    ema = EMA(vae, cfg.ema_decay)
+    opt = adamw(vae, cfg.lr, (cfg.adam_beta1, cfg.adam_beta2), cfg.weight_decay, device)
+    # GAN-style betas for the discriminator: a short first-moment memory follows the moving generator.
+    disc_opt = adamw(disc, cfg.disc_lr, (0.5, 0.9), cfg.weight_decay, device)
+    last_layer = vae.decoder.conv_out.conv.weight
+
+    start, first_sample = 0, 0
+    folder = latest_checkpoint(ckpt_root)
+    if folder is not None:
+        state = read_json(folder / TRAIN_STATE)
+        load_weights(vae, load_part(folder, "model"), folder)
+        ema.load_state_dict(load_part(folder, "ema"), state["ema_updates"])
+        load_weights(disc, load_part(folder, "disc"), folder)
+        load_optimizer(opt, folder, "optimizer")
+        load_optimizer(disc_opt, folder, "disc_optimizer")
+        set_rng_state(load_part(folder, "rng"))
+        start, first_sample = state["step"], state["data_position"]
+        note = describe_resume(state["config"], config_to_dict(cfg))
+        print(f"resuming from {folder} (step {start})" + (f"; {note}" if note else ""))
+
+    def save(step: int) -> Path:
+        tensors = {"model": vae.state_dict(), "ema": ema.state_dict(), "disc": disc.state_dict(), "rng": rng_state()}
+        opt_tensors, opt_json = optimizer_parts("optimizer", opt)
+        d_tensors, d_json = optimizer_parts("disc_optimizer", disc_opt)
+        train_state = {
+            "data_position": first_sample + (step - start) * cfg.batch_size,
+            "ema_updates": ema.num_updates,
+            "config": config_to_dict(cfg),
+            "vae_config": config.to_dict(),
+        }
+        return save_checkpoint(ckpt_root, step, {**tensors, **opt_tensors, **d_tensors}, {**opt_json, **d_json},
+                               train_state, cfg.keep_checkpoints)
+
+    ema_vae = CogVideoXVAE(config).to(device).eval().requires_grad_(False)
+    eval_videos, _ = eval_batch(cfg.num_eval, cfg.num_frames, cfg.height, cfg.width)
+    logger = MetricLogger(out)
+    progress = Progress(start, cfg.steps, "vae", cfg.progress)
+    averager = Averager()
+    dataset = WorldClips(cfg.seed, cfg.num_frames, cfg.height, cfg.width)
+    loader = make_loader(dataset, first_sample, cfg.steps - start, cfg.batch_size, cfg.num_workers, device)
+
+    for step, batch in enumerate(loader, start):
+        lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        set_lr(opt, lr)
+        set_lr(disc_opt, lr * cfg.disc_lr / cfg.lr)
+        x = to_model_range(batch["video"], device)
+        if is_image_step(cfg, step):
+            x = single_frames(x, cfg.frames_per_clip, step_generator(cfg.seed, step, FRAME_STREAM))
+        metrics = train_step(cfg, step, x, vae, disc, opt, disc_opt, last_layer, device, amp)
+        ema.update(vae)
+        metrics["lr"] = lr
+        averager.add(metrics)
+        progress.step(batch["video"].shape[0])
+        done = step + 1
+
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            values = averager.pop()
+            values["throughput/clips_per_s"] = progress.throughput()
+            logger.scalars(done, values)
+            psnr_shown = values.get("train/psnr_video", values.get("train/psnr_image", 0.0))
+            progress.show(loss=values["train/loss"], psnr=psnr_shown, clips_s=values["throughput/clips_per_s"])
+        if done % cfg.sample_every == 0 or done == cfg.steps:
+            write_samples(done, ema.copy_to(ema_vae), eval_videos, out, logger, device, amp)
+        stop = deadline.reached() and done < cfg.steps
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or stop:
+            save(done)
+        if stop:
+            progress.close()
+            logger.close()
+            print(f"max_minutes={cfg.max_minutes} reached at step {done}; run the same command again to resume")
+            return ckpt_root / step_dir_name(done)
+    progress.close()
+    logger.close()
+    return export(cfg, ema.copy_to(ema_vae), device, amp)
+
+
+def train_step(cfg: VAETrainConfig, step: int, x: torch.Tensor, vae: CogVideoXVAE, disc: PatchDiscriminator3D,
+               opt: torch.optim.Optimizer, disc_opt: torch.optim.Optimizer, last_layer: torch.Tensor,
+               device: torch.device, amp: torch.dtype | None) -> dict[str, torch.Tensor]:
+    gan = step >= cfg.disc_start
+    with autocast(device, amp):
+        posterior = vae.encode(x)
+        x_hat = vae.decode(posterior.sample(step_generator(cfg.seed, step, NOISE_STREAM, device))).float()
+    l1 = (x_hat - x).abs().mean()
+    grad_l1 = finite_difference_l1(x_hat, x)
+    rec = l1 + cfg.grad_weight * grad_l1
+    kl = kl_per_pixel(posterior.kl().float(), x)
+    loss = rec + cfg.kl_weight * kl
+    kind = "video" if x.shape[2] > 1 else "image"
+    metrics = {"train/l1": l1.detach(), "train/grad_l1": grad_l1.detach(), "train/kl": kl.detach(),
+               f"train/psnr_{kind}": psnr(x_hat.detach(), x)}
+
+    if gan:
+        disc.requires_grad_(False)  # the generator step must not leave gradients in the discriminator
+        with autocast(device, amp):
+            g_loss = hinge_g_loss(disc(x_hat).float())
+        weight = cfg.disc_weight * adaptive_gan_weight(rec, g_loss, last_layer)
+        loss = loss + weight * g_loss
+        metrics.update({"train/g_loss": g_loss.detach(), "train/gan_weight": weight})
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    metrics["train/grad_norm"] = grad_norm_and_clip(list(vae.parameters()), cfg.grad_clip)
+    opt.step()
+    metrics["train/loss"] = loss.detach()
+
+    if gan:
+        disc.requires_grad_(True)
+        with autocast(device, amp):
+            d_loss = hinge_d_loss(disc(x).float(), disc(x_hat.detach()).float())
+        disc_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        metrics["train/disc_grad_norm"] = grad_norm_and_clip(list(disc.parameters()), cfg.grad_clip)
+        disc_opt.step()
+        metrics["train/d_loss"] = d_loss.detach()
+    return metrics
+
+
+@torch.no_grad()
+def reconstruct(vae: CogVideoXVAE, videos_uint8: torch.Tensor, device: torch.device,
+                amp: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    x = to_model_range(videos_uint8, device)
+    with autocast(device, amp):
+        x_hat = vae.decode(vae.encode(x).mode()).float().clamp(-1, 1)
+    return x, x_hat
+
+
+def write_samples(step: int, vae: CogVideoXVAE, videos_uint8: torch.Tensor, out: Path, logger: MetricLogger,
+                  device: torch.device, amp: torch.dtype | None) -> None:
+    """Input-over-reconstruction contact sheets of the fixed val clips (EMA weights) and their PSNR."""
+    x, x_hat = reconstruct(vae, videos_uint8, device, amp)
+    rows = []
+    for real, fake in zip(x, x_hat):
+        rows += [contact_sheet(real.transpose(0, 1), cols=8), contact_sheet(fake.transpose(0, 1), cols=8)]
+    sheet = np.concatenate(rows, axis=0)
+    path = out / "samples" / f"recon_{step_dir_name(step)}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sheet).save(path)
+    logger.image(step, "samples/recon", sheet)
+    logger.scalars(step, {"val/psnr": float(psnr(x_hat, x))})
+
+
+@torch.no_grad()
+def latent_scale(cfg: VAETrainConfig, vae: CogVideoXVAE, device: torch.device, amp: torch.dtype | None) -> float:
+    """1 / std of posterior samples over `scale_batches` val batches (Stable Diffusion's recipe)."""
+    dataset = WorldClips(0, cfg.num_frames, cfg.height, cfg.width, split="val")
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    total, total_sq, count = 0.0, 0.0, 0
+    for b in range(cfg.scale_batches):
+        videos = torch.stack([dataset[b * cfg.batch_size + i]["video"] for i in range(cfg.batch_size)])
+        with autocast(device, amp):
+            z = vae.encode(to_model_range(videos, device)).sample(generator).double()
+        total, total_sq, count = total + z.sum().item(), total_sq + z.pow(2).sum().item(), count + z.numel()
+    mean = total / count
+    return 1.0 / max((total_sq / count - mean**2) ** 0.5, 1e-6)
+
+
+def export(cfg: VAETrainConfig, ema_vae: CogVideoXVAE, device: torch.device, amp: torch.dtype | None) -> Path:
+    scale = latent_scale(cfg, ema_vae, device, amp)
+    config = dataclasses.replace(ema_vae.config, scaling_factor=round(scale, 6))
+    folder = write_component(Path(cfg.out_dir) / "export" / "vae", ema_vae.state_dict(), config.to_dict(),
+                             export_dtype(cfg.export_dtype))
+    print(f"exported EMA VAE to {folder} (scaling_factor {config.scaling_factor})")
+    return folder
+
+
+def main(config_path: str | None, overrides: list[str]) -> Path:
+    from vidfusion.training.config import load_config
+
+    return train(load_config(VAETrainConfig, config_path, overrides))

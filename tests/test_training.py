@@ -1,0 +1,248 @@
+"""Trainers: config loading, LR/EMA/adaptive-weight arithmetic, atomic checkpoints, bit-identical resume, exports."""
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from vidfusion.errors import VidFusionError
+from vidfusion.io.checkpoint import read_json, read_state_dict
+from vidfusion.io.pretrained import load_pretrained, load_transformer, load_vae
+from vidfusion.models.vae import CogVideoXVAE, tiny_random_config
+from vidfusion.training import checkpointing as ckpt
+from vidfusion.training.common import EMA, lr_at
+from vidfusion.training.config import DiTTrainConfig, VAETrainConfig, load_config
+from vidfusion.training.losses import adaptive_gan_weight
+
+SMALL = dict(device="cpu", batch_size=2, num_frames=9, height=32, width=32, num_workers=0, log_every=1, warmup_steps=1,
+             progress=False)
+SMALL_VAE = dict(SMALL, block_out_channels="8,16,16,32", latent_channels=4, norm_num_groups=4, disc_channels=8,
+                 num_eval=1, scale_batches=1, image_every=2, frames_per_clip=2)
+SMALL_DIT = dict(SMALL, num_attention_heads=2, attention_head_dim=16, num_layers=1, time_embed_dim=16,
+                 max_text_seq_length=8, sample_steps=2, sample_prompts='["a red circle moving right"]')
+
+
+# ------------------------------------------------------------------------------------------------------------ config
+
+
+def test_config_toml_then_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('steps = 7\nlr = 1\nblock_out_channels = [8, 16, 16, 32]\nout_dir = "runs/a"\n')
+    cfg = load_config(VAETrainConfig, path, ["steps=200", "lr=1e-4", "out_dir=runs/x", "max_minutes=2.5",
+                                             "progress=false"])
+    assert (cfg.steps, cfg.lr, cfg.out_dir, cfg.max_minutes, cfg.progress) == (200, 1e-4, "runs/x", 2.5, False)
+    assert cfg.block_out_channels == (8, 16, 16, 32) and isinstance(cfg.lr, float)
+    assert load_config(VAETrainConfig, path, ["max_minutes=none"]).max_minutes is None
+    dit = load_config(DiTTrainConfig, None, ['sample_prompts=["a, b", "c"]', "vae_path=v", "num_layers=3"])
+    assert dit.sample_prompts == ("a, b", "c") and dit.num_layers == 3
+
+
+def test_config_errors_name_the_fix(tmp_path):
+    with pytest.raises(VidFusionError, match=r"unknown override key 'stepz'; valid keys: out_dir, steps"):
+        load_config(VAETrainConfig, None, ["stepz=3"])
+    with pytest.raises(VidFusionError, match="steps='many' is not a valid int"):
+        load_config(VAETrainConfig, None, ["steps=many"])
+    path = tmp_path / "bad.toml"
+    path.write_text("learning_rate = 3\n")
+    with pytest.raises(VidFusionError, match="unknown config .* key 'learning_rate'"):
+        load_config(VAETrainConfig, path)
+    with pytest.raises(VidFusionError, match="use 9 or 17"):
+        load_config(VAETrainConfig, None, ["num_frames=13"])
+    with pytest.raises(VidFusionError, match="vae_path is not set"):
+        load_config(DiTTrainConfig, None, [])
+
+
+def test_cli_passes_overrides_after_config(tmp_path, capsys):
+    from vidfusion.cli import main
+
+    path = tmp_path / "c.toml"
+    path.write_text("steps = 1\n")
+    assert main(["train", "vae", "--config", str(path), "steps=2", "stepz=1"]) == 2
+    assert "unknown override key 'stepz'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # other commands keep rejecting extra arguments
+        main(["info", str(path), "steps=2"])
+
+
+# -------------------------------------------------------------------------------------------------------- arithmetic
+
+
+def test_lr_schedule_values():
+    lr, warm, total, floor = 1e-3, 10, 111, 0.1  # cosine over updates 10 .. 110
+    assert lr_at(0, lr, warm, total, floor) == pytest.approx(1e-4)
+    assert lr_at(9, lr, warm, total, floor) == pytest.approx(1e-3)  # warm-up ends at full lr
+    assert lr_at(10, lr, warm, total, floor) == pytest.approx(1e-3)  # the cosine starts at its top
+    assert lr_at(60, lr, warm, total, floor) == pytest.approx(0.55e-3)  # halfway: mean of top and floor
+    assert lr_at(35, lr, warm, total, floor) == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_at(110, lr, warm, total, floor) == pytest.approx(1e-4)  # the last update uses the floor
+
+
+def test_ema_update_arithmetic():
+    model = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    ema = EMA(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[3.0, -2.0]]))
+    ema.update(model)  # n = 0: decay min(0.9, 1/10) = 0.1
+    expected = 0.1 * torch.tensor([[1.0, 2.0]]) + 0.9 * torch.tensor([[3.0, -2.0]])
+    assert torch.allclose(ema.shadow["weight"], expected)
+    ema.num_updates = 1000  # warm-up over: decay 0.9
+    ema.update(model)
+    assert torch.allclose(ema.shadow["weight"], 0.9 * expected + 0.1 * torch.tensor([[3.0, -2.0]]))
+
+
+def test_adaptive_gan_weight_is_grad_norm_ratio():
+    w = nn.Parameter(torch.tensor([1.0, 2.0, 2.0]))
+    a, b = torch.tensor([3.0, 0.0, 4.0]), torch.tensor([0.0, 1.0, 0.0])
+    rec = (w * a).sum()  # grad a, norm 5
+    g = 2.0 * (w * b).sum()  # grad 2b, norm 2
+    assert adaptive_gan_weight(rec, g, w).item() == pytest.approx(5.0 / (2.0 + 1e-4))
+    assert adaptive_gan_weight(rec, 0.0 * (w * b).sum(), w).item() == pytest.approx(1e4)  # clamped
+    assert not adaptive_gan_weight(rec, g, w).requires_grad
+
+
+# ----------------------------------------------------------------------------------------------------- checkpointing
+
+
+def _adam_with_state() -> torch.optim.AdamW:
+    model = nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95))
+    model(torch.randn(4, 3)).square().sum().backward()
+    opt.step()
+    return opt
+
+
+def test_optimizer_state_round_trips_through_safetensors(tmp_path):
+    torch.manual_seed(0)
+    opt = _adam_with_state()
+    tensors, meta = ckpt.flatten_optimizer_state(opt.state_dict())
+    folder = ckpt.save_checkpoint(tmp_path, 1, {"optimizer": tensors}, {"optimizer": meta}, {}, keep=2)
+    fresh = torch.optim.AdamW([nn.Parameter(p.detach().clone()) for g in opt.param_groups for p in g["params"]])
+    ckpt.load_optimizer(fresh, folder, "optimizer")
+    a, b = opt.state_dict(), fresh.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for i in a["state"]:
+        for k in a["state"][i]:
+            assert torch.equal(a["state"][i][k], b["state"][i][k])
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.bin"))
+
+
+def test_kill_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    root = tmp_path / "checkpoints"
+    ckpt.save_checkpoint(root, 1, {"model": {"w": torch.ones(3)}}, {}, {"data_position": 2}, keep=3)
+    real_replace = os.replace
+
+    def killed_at_rename(src, dst):  # the files are written, the folder rename never happens
+        if Path(dst).name.startswith("step_"):
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_at_rename)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(root, 2, {"model": {"w": torch.zeros(3)}}, {}, {"data_position": 4}, keep=3)
+    monkeypatch.undo()
+
+    def killed_mid_write(state, folder, stem, *args, **kwargs):
+        (Path(folder) / f"{stem}.safetensors").write_bytes(b"half")  # a torn file, then death
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save_state_dict", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(root, 3, {"model": {"w": torch.zeros(3)}}, {}, {"data_position": 6}, keep=3)
+    monkeypatch.undo()
+    (root / ".tmp-step_0000004-999").mkdir()  # what a SIGKILL mid-save leaves behind
+
+    assert read_json(root / "latest") == {"step": 1, "dir": "step_0000001"}
+    folder = ckpt.latest_checkpoint(root)
+    assert folder == root / "step_0000001"
+    assert torch.equal(ckpt.load_part(folder, "model")["w"], torch.ones(3))
+    assert read_json(folder / "train_state.json") == {"data_position": 2, "step": 1}
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith("step_")) == ["step_0000001"]
+    # The next good save sweeps the temp folder, moves `latest`, and keeps only the newest `keep`.
+    for step in (5, 6, 7):
+        ckpt.save_checkpoint(root, step, {"model": {"w": torch.full((3,), float(step))}}, {}, {}, keep=2)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000006", "step_0000007"]
+
+
+# ---------------------------------------------------------------------------------------------------------- trainers
+
+
+def _tensors(folder: Path, part: str) -> dict[str, torch.Tensor]:
+    return read_state_dict(folder, part)
+
+
+def _assert_same_checkpoint(a: Path, b: Path, parts: tuple[str, ...]) -> None:
+    for part in parts:
+        ta, tb = _tensors(a, part), _tensors(b, part)
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            assert torch.equal(ta[k], tb[k]), f"{part}/{k} differs after resume"
+    assert read_json(a / "optimizer.json") == read_json(b / "optimizer.json")
+    sa, sb = read_json(a / "train_state.json"), read_json(b / "train_state.json")
+    assert (sa["step"], sa["data_position"], sa["ema_updates"]) == (sb["step"], sb["data_position"], sb["ema_updates"])
+
+
+def test_vae_trainer_learns_resumes_bit_identically_and_exports(tmp_path):
+    from vidfusion.training.train_vae import train
+
+    common = dict(SMALL_VAE, steps=4, disc_start=0, ckpt_every=4, sample_every=4)
+    straight = train(load_config(VAETrainConfig, None, dict(common, out_dir=str(tmp_path / "a"))))
+    split_dir = str(tmp_path / "b")
+    stopped = train(load_config(VAETrainConfig, None, dict(common, out_dir=split_dir, max_minutes=1e-9)))
+    assert stopped.name == "step_0000001"  # the budget ran out after one step; it checkpointed and stopped
+    train(load_config(VAETrainConfig, None, dict(common, out_dir=split_dir)))
+
+    a, b = tmp_path / "a" / "checkpoints" / "step_0000004", tmp_path / "b" / "checkpoints" / "step_0000004"
+    _assert_same_checkpoint(a, b, ("model", "ema", "optimizer", "disc", "disc_optimizer"))
+    metrics = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    assert any('"train/d_loss"' in m for m in metrics) and any('"train/psnr_image"' in m for m in metrics)
+
+    trained, earlier = _tensors(a, "model"), _tensors(tmp_path / "b" / "checkpoints" / "step_0000001", "model")
+    assert all(torch.isfinite(v).all() for v in trained.values())
+    assert not torch.equal(trained["decoder.conv_out.conv.weight"], earlier["decoder.conv_out.conv.weight"])
+    assert not torch.equal(trained["encoder.conv_in.conv.weight"], earlier["encoder.conv_in.conv.weight"])
+
+    vae = load_vae(straight)
+    ema = _tensors(a, "ema")
+    assert all(torch.equal(vae.state_dict()[k], ema[k]) for k in ema)  # the export is the EMA
+    assert vae.config.scaling_factor != 1.0 and vae.config.latent_channels == 4
+
+
+def _vae_export(folder: Path) -> Path:
+    torch.manual_seed(0)
+    vae = CogVideoXVAE(tiny_random_config(sample_height=32, sample_width=32))
+    return ckpt.write_component(folder, vae.state_dict(), vae.config.to_dict())
+
+
+def test_dit_trainer_learns_resumes_bit_identically_and_exports(tmp_path):
+    from vidfusion.training.train_dit import train
+
+    vae_path = str(_vae_export(tmp_path / "vae"))
+    common = dict(SMALL_DIT, vae_path=vae_path, steps=3, ckpt_every=3, sample_every=3, text_dropout=0.5)
+    straight = train(load_config(DiTTrainConfig, None, dict(common, out_dir=str(tmp_path / "a"))))
+    split_dir = str(tmp_path / "b")
+    train(load_config(DiTTrainConfig, None, dict(common, out_dir=split_dir, max_minutes=1e-9, sample_every=100)))
+    assert ckpt.latest_checkpoint(Path(split_dir) / "checkpoints").name == "step_0000001"
+    train(load_config(DiTTrainConfig, None, dict(common, out_dir=split_dir)))
+
+    a, b = tmp_path / "a" / "checkpoints" / "step_0000003", tmp_path / "b" / "checkpoints" / "step_0000003"
+    _assert_same_checkpoint(a, b, ("model", "ema", "optimizer"))
+    losses = [float(line.split('"train/loss": ')[1].split(",")[0])
+              for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines() if "train/loss" in line]
+    assert len(losses) == 3 and all(math.isfinite(x) and x > 0 for x in losses)
+    assert (tmp_path / "a" / "samples" / "ema_step_0000003.png").is_file()
+
+    trained, ema = _tensors(a, "model"), _tensors(a, "ema")
+    earlier = _tensors(Path(split_dir) / "checkpoints" / "step_0000001", "model")
+    assert all(torch.isfinite(v).all() for v in trained.values())
+    assert not any(torch.equal(trained[k], earlier[k]) for k in ("proj_out.weight", "patch_embed.proj.weight"))
+    components = load_pretrained(straight)
+    exported = components.transformer.state_dict()
+    assert all(torch.equal(exported[k], ema[k]) for k in ema)
+    assert not all(torch.equal(trained[k], ema[k]) for k in ema)  # EMA lags the raw weights
+    assert components.default_sampler == "ddim" and components.schedule.snr_shift_scale == 1.0
+    assert components.transformer.config.use_rotary_positional_embeddings
+    assert load_transformer(straight / "transformer").config.text_embed_dim == 384
