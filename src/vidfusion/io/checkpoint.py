@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from safetensors import safe_open
@@ -35,19 +35,33 @@ DEFAULT_SHARD_BYTES = 16 * 1024 * 1024
 # atomic writes
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Call `write(tmp)` on a temporary file beside `path`, fsync it, give it the usual permissions and move it into
+    place: readers see the old file or the new one, never a partial one. The single implementation for the package."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; outputs should be as readable as any other
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -62,20 +76,6 @@ def read_json(path: str | os.PathLike) -> dict:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VidFusionError(f"{path} is not valid JSON ({e}); restore it from the original checkpoint") from None
-
-
-def _save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -163,7 +163,8 @@ def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, to
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for key, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
+        # Count each entry's JSON header line too, so a whole file (not just its tensor bytes) stays under the cap.
+        nbytes = tensor.numel() * tensor.element_size() + len(key) + 128
         if shards[-1] and size + nbytes > max_bytes:
             shards.append({})
             size = 0
@@ -191,7 +192,7 @@ def save_state_dict(
     index_path = folder / f"{stem}.safetensors.index.json"
     if len(shards) == 1:
         path = folder / f"{stem}.safetensors"
-        _save_safetensors_atomic(shards[0], path, metadata)
+        atomic_write(path, lambda tmp: save_file(shards[0], str(tmp), metadata=metadata))
         written.append(path)
         index_path.unlink(missing_ok=True)
     else:
@@ -199,7 +200,7 @@ def save_state_dict(
         weight_map = {}
         for i, shard in enumerate(shards, 1):
             path = folder / f"{stem}-{i:05d}-of-{n:05d}.safetensors"
-            _save_safetensors_atomic(shard, path, metadata)
+            atomic_write(path, lambda tmp, shard=shard: save_file(shard, str(tmp), metadata=metadata))
             written.append(path)
             weight_map.update({k: path.name for k in shard})
         total = sum(t.numel() * t.element_size() for t in tensors.values())

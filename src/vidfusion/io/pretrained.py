@@ -29,6 +29,7 @@ from vidfusion.diffusion.schedule import ScheduleConfig
 from vidfusion.errors import VidFusionError
 from vidfusion.io.checkpoint import (
     DIFFUSERS_WEIGHTS,
+    current_umask,
     check_weights,
     read_json,
     read_state_dict,
@@ -171,6 +172,7 @@ def save_pretrained(components: Components, path: str | os.PathLike, dtype: torc
             index["text_encoder"] = ["transformers", type(model).__name__]
             index["tokenizer"] = ["transformers", type(encoder.tokenizer).__name__]
         write_json(tmp / "model_index.json", index)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes a private folder; the model folder should not be
         old = None
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"

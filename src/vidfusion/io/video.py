@@ -20,7 +20,6 @@ Decisions worth knowing:
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from fractions import Fraction
@@ -33,6 +32,7 @@ import torch
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from vidfusion.errors import VidFusionError
+from vidfusion.io.checkpoint import atomic_write
 
 PathLike = str | os.PathLike[str]
 VideoLike = torch.Tensor | np.ndarray
@@ -92,9 +92,9 @@ def write_video(frames: VideoLike, path: PathLike, fps: float = 8, crf: int = 18
     suffix = "" if as_folder else path.suffix.lower()
 
     if suffix == ".mp4":
-        _atomic_write(path, lambda tmp: _write_mp4(video, tmp, fps, crf))
+        atomic_write(path, lambda tmp: _write_mp4(video, tmp, fps, crf))
     elif suffix == ".gif":
-        _atomic_write(path, lambda tmp: _write_gif(video, tmp, fps))
+        atomic_write(path, lambda tmp: _write_gif(video, tmp, fps))
     elif suffix == ".png":
         write_contact_sheet(video, path)
     elif suffix == "":
@@ -140,23 +140,10 @@ def _write_png_folder(video: np.ndarray, folder: Path) -> None:
     digits = max(4, len(str(len(video) - 1)))
     names = [f"frame_{i:0{digits}d}.png" for i in range(len(video))]
     for name, rgb in zip(names, video):
-        _atomic_write(folder / name, lambda tmp, rgb=rgb: Image.fromarray(rgb).save(tmp, format="PNG"))
+        atomic_write(folder / name, lambda tmp, rgb=rgb: Image.fromarray(rgb).save(tmp, format="PNG"))
     for stale in folder.glob("frame_*.png"):
         if re.fullmatch(r"frame_\d+\.png", stale.name) and stale.name not in names:
             stale.unlink()
-
-
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call `write(tmp)` on a temporary file next to `path`, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------------ contact sheet
@@ -202,7 +189,7 @@ def write_contact_sheet(frames: VideoLike, path: PathLike, num: int = 8, cols: i
     """Write `contact_sheet(frames, num, cols)` to `path` as a PNG (atomically, creating parent folders)."""
     path = Path(path)
     sheet = contact_sheet(frames, num, cols)
-    _atomic_write(path, lambda tmp: Image.fromarray(sheet).save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: Image.fromarray(sheet).save(tmp, format="PNG"))
     return path
 
 

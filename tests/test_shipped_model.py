@@ -1,0 +1,47 @@
+"""The tiny model that ships in the repo loads offline and generates deterministically."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vidfusion.cli import SHIPPED_MODEL
+from vidfusion.io.inspect import tensor_stats
+from vidfusion.io.pretrained import load_pretrained
+from vidfusion.models.text_encoder import minilm_dir
+from vidfusion.pipelines.text_to_video import T2VRequest, text_to_video
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_pretrained(SHIPPED_MODEL)
+
+
+def test_shipped_folder_layout_and_sizes():
+    files = [p for p in SHIPPED_MODEL.rglob("*") if p.is_file()]
+    assert max(p.stat().st_size for p in files) < 16 * 1024 * 1024  # the repo's shard rule
+    total, dtypes = tensor_stats(SHIPPED_MODEL / "transformer", "diffusion_pytorch_model")
+    assert set(dtypes) <= {"BF16", "F16"}  # 16-bit on disk
+    assert 10e6 < total < 100e6  # "tens of millions of parameters"
+
+
+def test_shipped_model_loads_with_minilm_from_its_package(shipped):
+    config = shipped.transformer.config
+    assert config.use_rotary_positional_embeddings and config.text_embed_dim == 384
+    assert Path(shipped.text_encoder.model.name_or_path) == minilm_dir()
+    assert shipped.text_encoder.use_attention_mask  # BERT-style encoder: padded tokens are masked
+    assert shipped.defaults["num_steps"] > 0
+    n = sum(p.numel() for p in shipped.transformer.parameters())
+    assert n == tensor_stats(SHIPPED_MODEL / "transformer", "diffusion_pytorch_model")[0]
+
+
+def test_shipped_model_short_generation_is_deterministic_and_prompt_dependent(shipped):
+    def run(prompt, seed=0):
+        return text_to_video(shipped, T2VRequest(prompt, num_steps=2, seed=seed), progress=False)
+
+    a = run("a red circle moving to the right")
+    assert a.shape == (17, 3, 128, 128)
+    assert torch.isfinite(a).all() and a.abs().max() <= 1
+    assert torch.equal(a, run("a red circle moving to the right"))
+    assert (a - run("a blue square moving to the left")).abs().mean() > 1e-3
+    assert (a - run("a red circle moving to the right", seed=1)).abs().mean() > 1e-3
