@@ -4,7 +4,6 @@ A tiny random CogVideoX (T5 + transformer + VAE + scheduler) is written by diffu
 folder drives both pipelines, so any difference is ours.
 """
 
-import json
 import subprocess
 import sys
 

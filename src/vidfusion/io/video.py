@@ -20,7 +20,6 @@ Decisions worth knowing:
 import math
 import os
 import re
-from collections.abc import Callable
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path

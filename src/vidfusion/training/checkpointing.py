@@ -26,7 +26,14 @@ from typing import Any
 import torch
 
 from vidfusion.errors import VidFusionError
-from vidfusion.io.checkpoint import read_json, read_state_dict, save_state_dict, weight_files, write_json
+from vidfusion.io.checkpoint import (
+    load_weights,
+    read_json,
+    read_state_dict,
+    save_state_dict,
+    weight_files,
+    write_json,
+)
 
 LATEST = "latest"
 TRAIN_STATE = "train_state.json"
@@ -183,6 +190,20 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path, part: str) ->
     # An optimizer that has not stepped yet has no tensors, and then no safetensors file was written.
     tensors = load_part(folder, part) if any(folder.glob(f"{part}*.safetensors")) else {}
     optimizer.load_state_dict(unflatten_optimizer_state(tensors, meta))
+
+
+def restore(folder: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+            ema) -> dict[str, Any]:
+    """Load a checkpoint written by `save_checkpoint` into the trainer's objects (named by part) and the global RNGs;
+    returns its train_state."""
+    state = read_json(folder / TRAIN_STATE)
+    for part, module in modules.items():
+        load_weights(module, load_part(folder, part), folder)
+    ema.load_state_dict(load_part(folder, "ema"), state["ema_updates"])
+    for part, optimizer in optimizers.items():
+        load_optimizer(optimizer, folder, part)
+    set_rng_state(load_part(folder, "rng"))
+    return state
 
 
 def write_component(folder: str | os.PathLike, state: dict[str, torch.Tensor], config: dict[str, Any],

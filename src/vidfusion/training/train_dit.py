@@ -25,22 +25,23 @@ from PIL import Image
 from vidfusion.diffusion.prediction import add_noise, v_target
 from vidfusion.diffusion.schedule import COGVIDEOX_5B_SCHEDULE, alphas_cumprod
 from vidfusion.errors import VidFusionError
-from vidfusion.io.checkpoint import load_weights, read_json
 from vidfusion.io.pretrained import Components, load_vae, save_pretrained
 from vidfusion.io.video import contact_sheet
 from vidfusion.models.text_encoder import TextEncoder, load_text_encoder, minilm_dir
 from vidfusion.models.transformer import CogVideoXTransformer, TransformerConfig
 from vidfusion.models.vae import latent_num_frames
-from vidfusion.pipelines.text_to_video import decode, denoise, encode_prompts, initial_noise
+from vidfusion.pipelines.text_to_video import (
+    decode,
+    denoise,
+    encode_prompts,
+    initial_noise,
+)
 from vidfusion.training.checkpointing import (
-    TRAIN_STATE,
     latest_checkpoint,
-    load_optimizer,
-    load_part,
     optimizer_parts,
+    restore,
     rng_state,
     save_checkpoint,
-    set_rng_state,
     step_dir_name,
 )
 from vidfusion.training.common import (
@@ -124,11 +125,7 @@ def train(cfg: DiTTrainConfig) -> Path:
     start, first_sample = 0, 0
     folder = latest_checkpoint(ckpt_root)
     if folder is not None:
-        state = read_json(folder / TRAIN_STATE)
-        load_weights(model, load_part(folder, "model"), folder)
-        ema.load_state_dict(load_part(folder, "ema"), state["ema_updates"])
-        load_optimizer(opt, folder, "optimizer")
-        set_rng_state(load_part(folder, "rng"))
+        state = restore(folder, {"model": model}, {"optimizer": opt}, ema)
         start, first_sample = state["step"], state["data_position"]
         note = describe_resume(state["config"], config_to_dict(cfg))
         print(f"resuming from {folder} (step {start})" + (f"; {note}" if note else ""))

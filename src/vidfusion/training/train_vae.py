@@ -19,18 +19,14 @@ import torch
 from PIL import Image
 
 from vidfusion.errors import VidFusionError
-from vidfusion.io.checkpoint import load_weights, read_json
 from vidfusion.io.video import contact_sheet
 from vidfusion.models.vae import VAE_PRESETS, CogVideoXVAE, VAEConfig
 from vidfusion.training.checkpointing import (
-    TRAIN_STATE,
     latest_checkpoint,
-    load_optimizer,
-    load_part,
     optimizer_parts,
+    restore,
     rng_state,
     save_checkpoint,
-    set_rng_state,
     step_dir_name,
     write_component,
 )
@@ -113,13 +109,7 @@ def train(cfg: VAETrainConfig) -> Path:
     start, first_sample = 0, 0
     folder = latest_checkpoint(ckpt_root)
     if folder is not None:
-        state = read_json(folder / TRAIN_STATE)
-        load_weights(vae, load_part(folder, "model"), folder)
-        ema.load_state_dict(load_part(folder, "ema"), state["ema_updates"])
-        load_weights(disc, load_part(folder, "disc"), folder)
-        load_optimizer(opt, folder, "optimizer")
-        load_optimizer(disc_opt, folder, "disc_optimizer")
-        set_rng_state(load_part(folder, "rng"))
+        state = restore(folder, {"model": vae, "disc": disc}, {"optimizer": opt, "disc_optimizer": disc_opt}, ema)
         start, first_sample = state["step"], state["data_position"]
         note = describe_resume(state["config"], config_to_dict(cfg))
         print(f"resuming from {folder} (step {start})" + (f"; {note}" if note else ""))
