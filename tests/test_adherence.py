@@ -17,7 +17,14 @@ from vidfusion.data.world import (
     scene_and_caption,
 )
 from vidfusion.errors import VidFusionError
-from vidfusion.evaluation.adherence import ATTRIBUTES, colour_labels, format_summary, score_video, summarise
+from vidfusion.evaluation.adherence import (
+    ATTRIBUTES,
+    classify_contour,
+    colour_labels,
+    format_summary,
+    score_video,
+    summarise,
+)
 
 
 def _ground_truth(n_per_split: int, **size) -> list:
@@ -110,3 +117,12 @@ def test_summarise_and_input_errors():
         score_video(video.astype(np.float32), {"colour": "red"})
     with pytest.raises(VidFusionError, match="unknown colour 'teal'"):
         score_video(video, {"colour": "teal"})
+
+
+def test_self_intersecting_contour_is_classified_not_crashed():
+    # A figure-eight outline, as a blurry generated blob can produce; OpenCV's convexityDefects rejects its raw hull.
+    t = np.linspace(0, 2 * np.pi, 80, endpoint=False)
+    pts = np.stack([40 + 30 * np.sin(t), 40 + 20 * np.sin(2 * t)], axis=1).round().astype(np.int32)
+    shape, features = classify_contour(pts.reshape(-1, 1, 2))
+    assert shape in ("circle", "square", "triangle", "star", "cross")
+    assert "solidity" in features

@@ -87,7 +87,13 @@ def classify_contour(contour: np.ndarray) -> tuple[str, dict]:
     solidity = area / max(cv2.contourArea(hull), 1e-6)
     (_, _), radius = cv2.minEnclosingCircle(contour)
     # A defect deeper than 15% of the enclosing radius is a notch between two points or arms.
-    defects = cv2.convexityDefects(contour, cv2.convexHull(contour, returnPoints=False))
+    # Generated blobs can have self-intersecting outlines, for which OpenCV's hull indices are not monotonic; sorted
+    # indices fix most, and a contour that still has no well-defined defects is judged by solidity and fill alone.
+    hull_idx = np.sort(cv2.convexHull(contour, returnPoints=False), axis=0)
+    try:
+        defects = cv2.convexityDefects(contour, hull_idx)
+    except cv2.error:
+        defects = None
     deep = 0 if defects is None else int((defects.reshape(-1, 4)[:, 3] / 256.0 > 0.15 * radius).sum())
     if solidity < SOLIDITY_CONVEX or deep >= 4:
         shape = "star" if deep >= 5 else "cross" if deep == 4 else ("star" if solidity < 0.63 else "cross")
