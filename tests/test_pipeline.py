@@ -195,6 +195,10 @@ def test_cli_errors_name_the_problem_and_fix(reference, tmp_path, capsys):
     err = run_cli_error(["generate", "   ", "--model", str(folder)], capsys)
     assert "prompt is empty" in err
 
+    err = run_cli_error(["generate", "a red circle", "-o", str(tmp_path / "x.avi"), "--model", str(tmp_path / "none")],
+                        capsys)
+    assert "unknown suffix '.avi'" in err  # checked before the model folder, i.e. before any slow work
+
     # a missing weight: the first missing key is named
     broken = _copy_model(folder, tmp_path / "missing")
     state = read_state_dict(broken / "transformer")

@@ -34,11 +34,12 @@ def _device_and_dtype(device: str, dtype: str):
 def cmd_generate(args: argparse.Namespace) -> None:
     from vidfusion.io.checkpoint import read_json
     from vidfusion.io.pretrained import load_pretrained, read_defaults
-    from vidfusion.io.video import write_video
+    from vidfusion.io.video import output_format, write_video
     from vidfusion.models.transformer import TransformerConfig
     from vidfusion.pipelines.text_to_video import T2VRequest, check_request, text_to_video
 
     start = time.perf_counter()
+    output_format(args.output)  # an unsupported -o fails now, not after sampling
     model = Path(args.model) if args.model else SHIPPED_MODEL
     if args.model is None and not model.is_dir():
         raise VidFusionError(f"the shipped model is missing from {model}; reinstall vidfusion or pass --model PATH")
@@ -87,6 +88,7 @@ def cmd_eval_adherence(args: argparse.Namespace) -> None:
     from vidfusion.io.pretrained import load_pretrained
 
     start = time.perf_counter()
+    output_format(args.output)  # an unsupported -o fails now, not after sampling
     model = Path(args.model) if args.model else SHIPPED_MODEL
     if args.model is None and not model.is_dir():
         raise VidFusionError(f"the shipped model is missing from {model}; reinstall vidfusion or pass --model PATH")

@@ -70,6 +70,17 @@ def to_uint8_frames(video: VideoLike) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------- writing
 
 
+def output_format(path: PathLike) -> str:
+    """"mp4", "gif", "sheet" or "frames" for an output path; an unsupported suffix is a one-line error, so callers
+    can check before spending minutes generating."""
+    if str(path).endswith(("/", os.sep)) or Path(path).suffix == "":
+        return "frames"
+    kind = {".mp4": "mp4", ".gif": "gif", ".png": "sheet"}.get(Path(path).suffix.lower())
+    if kind is None:
+        raise VidFusionError(f"cannot write {path}: unknown suffix {Path(path).suffix!r}; use {SUPPORTED_OUTPUTS}")
+    return kind
+
+
 def write_video(frames: VideoLike, path: PathLike, fps: float = 8, crf: int = 18) -> Path:
     """Write `frames` to `path`, choosing the format by suffix; returns the path written.
 
@@ -86,20 +97,16 @@ def write_video(frames: VideoLike, path: PathLike, fps: float = 8, crf: int = 18
         raise VidFusionError(f"cannot write {path}: the video has 0 frames; pass at least one frame")
     if not fps > 0:
         raise VidFusionError(f"fps={fps} for {path} is not positive; pass e.g. fps=8")
-    as_folder = str(path).endswith(("/", os.sep))
+    kind = output_format(path)
     path = Path(path)
-    suffix = "" if as_folder else path.suffix.lower()
-
-    if suffix == ".mp4":
+    if kind == "mp4":
         atomic_write(path, lambda tmp: _write_mp4(video, tmp, fps, crf))
-    elif suffix == ".gif":
+    elif kind == "gif":
         atomic_write(path, lambda tmp: _write_gif(video, tmp, fps))
-    elif suffix == ".png":
+    elif kind == "sheet":
         write_contact_sheet(video, path)
-    elif suffix == "":
-        _write_png_folder(video, path)
     else:
-        raise VidFusionError(f"cannot write {path}: unknown suffix {path.suffix!r}; use {SUPPORTED_OUTPUTS}")
+        _write_png_folder(video, path)
     return path
 
 

@@ -1,4 +1,4 @@
-"""Text-to-video: prompt -> T5 states -> noise -> sampling loop -> VAE decode -> frames.
+"""Text-to-video: prompt -> text-encoder states -> noise -> sampling loop -> VAE decode -> frames.
 
 It follows diffusers' CogVideoXPipeline step for step (the parity test compares the two), with the loop split into
 functions that the other pipelines (FreeInit, image-to-video, extension) reuse:
