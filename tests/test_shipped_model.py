@@ -45,3 +45,17 @@ def test_shipped_model_short_generation_is_deterministic_and_prompt_dependent(sh
     assert torch.equal(a, run("a red circle moving to the right"))
     assert (a - run("a blue square moving to the left")).abs().mean() > 1e-3
     assert (a - run("a red circle moving to the right", seed=1)).abs().mean() > 1e-3
+
+
+def test_cli_eval_adherence_on_the_shipped_model(tmp_path, capsys):
+    import json
+
+    from vidfusion.cli import main
+
+    out = tmp_path / "adherence.json"
+    assert main(["eval", "adherence", "-n", "2", "--steps", "1", "--json", str(out), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "tiny-t2v: 2 heldout prompts, 1 steps" in printed and "colour" in printed
+    result = json.loads(out.read_text())
+    assert len(result["rows"]) == 2 and result["table"]["colour"]["n"] == 2
+    assert all(0.0 <= row["scores"]["colour"] <= 1.0 for row in result["rows"])

@@ -31,6 +31,16 @@ def _device_and_dtype(device: str, dtype: str):
     return torch.device(device), getattr(torch, DTYPES[dtype])
 
 
+def _model_folder(arg: str | None) -> Path:
+    if arg is None:
+        if not SHIPPED_MODEL.is_dir():
+            raise VidFusionError(f"the shipped model is missing from {SHIPPED_MODEL}; reinstall vidfusion or pass --model")
+        return SHIPPED_MODEL
+    if not Path(arg).is_dir():
+        raise VidFusionError(f"model folder {arg} does not exist; pass --model with a diffusers-layout CogVideoX folder")
+    return Path(arg)
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     from vidfusion.io.checkpoint import read_json
     from vidfusion.io.pretrained import load_pretrained, read_defaults
@@ -40,12 +50,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     output_format(args.output)  # an unsupported -o fails now, not after sampling
-    model = Path(args.model) if args.model else SHIPPED_MODEL
-    if args.model is None and not model.is_dir():
-        raise VidFusionError(f"the shipped model is missing from {model}; reinstall vidfusion or pass --model PATH")
+    model = _model_folder(args.model)
     device, dtype = _device_and_dtype(args.device, args.dtype)
-    if not model.is_dir():
-        raise VidFusionError(f"model folder {model} does not exist; pass --model with a diffusers-layout CogVideoX folder")
     defaults = read_defaults(model)  # what the model was tuned for; flags override
     steps = args.steps if args.steps is not None else defaults.get("num_steps", 50)
     guidance = args.guidance if args.guidance is not None else defaults.get("guidance_scale", 6.0)
@@ -88,10 +94,7 @@ def cmd_eval_adherence(args: argparse.Namespace) -> None:
     from vidfusion.io.pretrained import load_pretrained
 
     start = time.perf_counter()
-    output_format(args.output)  # an unsupported -o fails now, not after sampling
-    model = Path(args.model) if args.model else SHIPPED_MODEL
-    if args.model is None and not model.is_dir():
-        raise VidFusionError(f"the shipped model is missing from {model}; reinstall vidfusion or pass --model PATH")
+    model = _model_folder(args.model)
     device, dtype = _device_and_dtype(args.device, "auto")
     components = load_pretrained(model, device=device, dtype=dtype)
     result = evaluate_adherence(components, n=args.n, split=args.split, seed=args.seed, num_steps=args.steps,
