@@ -87,8 +87,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_adherence(args: argparse.Namespace) -> None:
-    import json
-
     from vidfusion.evaluation.adherence import format_summary
     from vidfusion.evaluation.prompt_eval import evaluate_adherence
     from vidfusion.io.pretrained import load_pretrained
@@ -105,10 +103,43 @@ def cmd_eval_adherence(args: argparse.Namespace) -> None:
           f"guidance {settings['guidance_scale']}, seed {args.seed}, {elapsed:.1f} s")
     print(format_summary(result["table"]))
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({**result, "seconds": elapsed}, indent=1))
-        print(f"wrote {out}")
+        _write_json(args.json, {**result, "seconds": elapsed})
+
+
+def _vae_folder(arg: str | None) -> Path:
+    folder = _model_folder(arg)
+    if (folder / "vae").is_dir():
+        return folder / "vae"
+    if (folder / "config.json").is_file():
+        return folder
+    raise VidFusionError(f"{folder} has neither a vae/ folder nor a config.json; pass --model with a model folder "
+                         f"or a diffusers-layout VAE folder")
+
+
+def cmd_eval_vae(args: argparse.Namespace) -> None:
+    from vidfusion.evaluation.reconstruction import evaluate_datasets, format_table, reconstruction_datasets
+    from vidfusion.io.pretrained import load_vae
+
+    start = time.perf_counter()
+    folder = _vae_folder(args.model)
+    # Reconstruction error is measured in fp32: bf16 rounding would be charged to the VAE.
+    device, dtype = _device_and_dtype(args.device, "fp32")
+    datasets = reconstruction_datasets(args.world_n, args.real)  # bad paths fail before the weight load
+    results = evaluate_datasets(load_vae(folder, device=device, dtype=dtype), datasets)
+    elapsed = time.perf_counter() - start
+    print(f"{folder}: posterior mode, 17 frames at 128x128, fp32, {elapsed:.1f} s")
+    print(format_table(results))
+    if args.json:
+        _write_json(args.json, {"vae": str(folder), "datasets": results, "seconds": elapsed})
+
+
+def _write_json(path: str, obj: dict) -> None:
+    import json
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(obj, indent=1))
+    print(f"wrote {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     adh.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     adh.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     adh.set_defaults(func=cmd_eval_adherence)
+    vae = eval_sub.add_parser("vae", help="VAE reconstruction PSNR/SSIM on world and real clips")
+    vae.add_argument("--model", default=None,
+                     help="model folder with vae/, or a VAE folder (default: the shipped tiny model)")
+    vae.add_argument("--world-n", type=int, default=50, help="world 'val' clips to reconstruct (0 skips them)")
+    vae.add_argument("--real", nargs="+", default=[], metavar="DIR",
+                     help="folders of real videos (searched recursively); 17 middle frames, centre-cropped to 128")
+    vae.add_argument("--json", default=None, metavar="OUT.json", help="also write per-clip rows")
+    vae.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    vae.set_defaults(func=cmd_eval_vae)
     return parser
 
 
