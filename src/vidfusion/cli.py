@@ -46,16 +46,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from vidfusion.io.pretrained import load_pretrained, read_defaults
     from vidfusion.io.video import output_format, write_video
     from vidfusion.models.transformer import TransformerConfig
-    from vidfusion.pipelines.text_to_video import T2VRequest, check_request, text_to_video
+    from vidfusion.pipelines.text_to_video import T2VRequest, check_request, sampling_default, text_to_video
 
     start = time.perf_counter()
     output_format(args.output)  # an unsupported -o fails now, not after sampling
     model = _model_folder(args.model)
     device, dtype = _device_and_dtype(args.device, args.dtype)
     defaults = read_defaults(model)  # what the model was tuned for; flags override
-    steps = args.steps if args.steps is not None else defaults.get("num_steps", 50)
-    guidance = args.guidance if args.guidance is not None else defaults.get("guidance_scale", 6.0)
-    fps = args.fps if args.fps is not None else defaults.get("fps", 8)
+    steps = sampling_default(defaults, "num_steps", args.steps)
+    guidance = sampling_default(defaults, "guidance_scale", args.guidance)
+    fps = sampling_default(defaults, "fps", args.fps)
     request = T2VRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, num_frames=args.frames, height=args.height,
         width=args.width, num_steps=steps, guidance_scale=guidance, dynamic_cfg=args.dynamic_cfg,

@@ -17,7 +17,7 @@ from vidfusion.errors import VidFusionError
 from vidfusion.evaluation.adherence import score_video, summarise
 from vidfusion.io.pretrained import Components
 from vidfusion.io.video import to_uint8_frames
-from vidfusion.pipelines.text_to_video import T2VRequest, text_to_video
+from vidfusion.pipelines.text_to_video import T2VRequest, sampling_default, text_to_video
 
 EVAL_SPLITS = ("val", "heldout")
 
@@ -41,8 +41,8 @@ def evaluate_adherence(
         raise VidFusionError(f"unknown evaluation split {split!r}; use one of {', '.join(EVAL_SPLITS)}")
     if n < 1:
         raise VidFusionError(f"-n {n} asks for no prompts; use at least 1 (e.g. -n 200)")
-    num_steps = num_steps if num_steps is not None else components.defaults.get("num_steps", 50)
-    guidance = guidance if guidance is not None else components.defaults.get("guidance_scale", 6.0)
+    num_steps = sampling_default(components.defaults, "num_steps", num_steps)
+    guidance = sampling_default(components.defaults, "guidance_scale", guidance)
 
     rows = []
     for index in tqdm(range(n), desc=f"adherence ({split})", disable=not progress, unit="prompt"):

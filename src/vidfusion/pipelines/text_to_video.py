@@ -29,6 +29,13 @@ from vidfusion.models.transformer import TransformerConfig
 from vidfusion.models.vae import latent_num_frames
 
 VAE_SPATIAL = 8
+# CogVideoX's own sampling settings, used when neither the user nor the model folder names one.
+FALLBACK_DEFAULTS = {"num_steps": 50, "guidance_scale": 6.0, "fps": 8}
+
+
+def sampling_default(model_defaults: dict, key: str, value=None):
+    """`value` if the user gave one, else the model folder's tuned default, else CogVideoX's."""
+    return value if value is not None else model_defaults.get(key, FALLBACK_DEFAULTS[key])
 
 
 @dataclass
