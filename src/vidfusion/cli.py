@@ -59,17 +59,43 @@ def cmd_generate(args: argparse.Namespace) -> None:
     request = T2VRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, num_frames=args.frames, height=args.height,
         width=args.width, num_steps=steps, guidance_scale=guidance, dynamic_cfg=args.dynamic_cfg,
-        sampler=args.sampler, seed=args.seed,
+        sampler=args.sampler, seed=args.seed, freeinit=_freeinit_settings(args),
     )
     # Validate against the config alone so that bad input fails before the (slow) weight load.
     frames, height, width = check_request(TransformerConfig.from_dict(read_json(model / "transformer" / "config.json")),
                                           request)
+    if args.image is not None:
+        from vidfusion.pipelines.image_to_video import load_image
+
+        image = load_image(args.image)  # an unreadable image fails before the weight load too
     components = load_pretrained(model, device=device, dtype=dtype)
-    video = text_to_video(components, request, progress=not args.quiet)
+    if args.image is not None:
+        from vidfusion.pipelines.image_to_video import image_to_video
+
+        video = image_to_video(components, request, image, progress=not args.quiet)
+    else:
+        video = text_to_video(components, request, progress=not args.quiet)
     write_video(video, args.output, fps=fps)
     elapsed = time.perf_counter() - start
-    print(f"wrote {args.output} ({frames} frames, {height}x{width}, {steps} steps, seed {args.seed}) "
+    passes = f", FreeInit {request.freeinit.passes} passes" if request.freeinit else ""
+    print(f"wrote {args.output} ({frames} frames, {height}x{width}, {steps} steps{passes}, seed {args.seed}) "
           f"in {elapsed:.1f} s")
+
+
+FREEINIT_FLAGS = {"freeinit_filter": "filter", "freeinit_ds": "d_s", "freeinit_dt": "d_t",
+                  "freeinit_renoise": "renoise_timestep", "freeinit_coarse_to_fine": "coarse_to_fine"}
+
+
+def _freeinit_settings(args: argparse.Namespace):
+    """FreeInitSettings from the --freeinit flags, or None when --freeinit is not given."""
+    from vidfusion.diffusion.freeinit import FreeInitSettings
+
+    given = {flag: getattr(args, flag) for flag in FREEINIT_FLAGS if getattr(args, flag) not in (None, False)}
+    if args.freeinit is None:
+        if given:
+            raise VidFusionError(f"--{next(iter(given)).replace('_', '-')} needs --freeinit N; add e.g. --freeinit 3")
+        return None
+    return FreeInitSettings(passes=args.freeinit, **{FREEINIT_FLAGS[flag]: value for flag, value in given.items()})
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -104,6 +130,22 @@ def cmd_eval_adherence(args: argparse.Namespace) -> None:
     print(format_summary(result["table"]))
     if args.json:
         _write_json(args.json, {**result, "seconds": elapsed})
+
+
+def cmd_eval_temporal(args: argparse.Namespace) -> None:
+    from vidfusion.evaluation.temporal import evaluate_files, format_table, load_feature_encoder, mean_scores
+
+    start = time.perf_counter()
+    for path in args.videos:
+        if not Path(path).is_file():
+            raise VidFusionError(f"video {path} does not exist; pass paths of .mp4/.gif/... files")
+    device, _ = _device_and_dtype(args.device, "fp32")
+    encoder = _vae_folder(args.vae) if args.vae else None
+    rows = evaluate_files(args.videos, load_feature_encoder(encoder, device), args.max_frames)
+    elapsed = time.perf_counter() - start
+    print(format_table(rows))
+    if args.json:
+        _write_json(args.json, {"videos": rows, "mean": mean_scores(rows), "seconds": elapsed})
 
 
 def _vae_folder(arg: str | None) -> Path:
@@ -151,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     gen.add_argument("-o", "--output", default="video.mp4", help=".mp4, .gif, .png (contact sheet) or a folder/")
     gen.add_argument("--model", default=None, help="diffusers-layout model folder (default: the shipped tiny model)")
+    gen.add_argument("--image", default=None, metavar="PATH",
+                     help="first frame for image-to-video (needs an -I2V checkpoint such as CogVideoX-5b-I2V)")
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--frames", type=int, default=None, help="4k+1 frames (default: the model's trained length)")
     gen.add_argument("--height", type=int, default=None)
@@ -165,6 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     gen.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    gen.add_argument("--freeinit", type=int, default=None, metavar="N",
+                     help="FreeInit with N sampling passes (3 is typical; each pass costs a full sampling run)")
+    gen.add_argument("--freeinit-filter", default=None, choices=["butterworth", "gaussian", "ideal", "box"],
+                     help="low-pass filter (default butterworth)")
+    gen.add_argument("--freeinit-ds", type=float, default=None, metavar="D", help="spatial stop frequency (default 0.25)")
+    gen.add_argument("--freeinit-dt", type=float, default=None, metavar="D", help="temporal stop frequency (default 0.25)")
+    gen.add_argument("--freeinit-renoise", type=int, default=None, metavar="T",
+                     help="timestep the previous pass is re-noised to (default: where alphabar ~ 0.00466; 880 for the "
+                          "shipped model; see docs/freeinit.md)")
+    gen.add_argument("--freeinit-coarse-to-fine", action="store_true",
+                     help="earlier passes use fewer steps (pass i of N: steps * i / N)")
     gen.set_defaults(func=cmd_generate)
 
     train = sub.add_parser("train", help="train the VAE or the diffusion transformer (resumes from out_dir)")
@@ -199,6 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
     vae.add_argument("--json", default=None, metavar="OUT.json", help="also write per-clip rows")
     vae.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     vae.set_defaults(func=cmd_eval_vae)
+    temporal = eval_sub.add_parser("temporal", help="frame consistency, flicker and motion of video files")
+    temporal.add_argument("videos", nargs="+", metavar="VIDEO")
+    temporal.add_argument("--json", default=None, metavar="OUT.json", help="also write per-video rows and the mean")
+    temporal.add_argument("--max-frames", type=int, default=None, help="read only the first N frames of each video")
+    temporal.add_argument("--vae", default=None,
+                          help="model or VAE folder whose encoder gives the features (default: the shipped tiny model)")
+    temporal.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    temporal.set_defaults(func=cmd_eval_temporal)
+
+    from vidfusion.data.curation.command import add_parser as add_curate_parser
+
+    add_curate_parser(sub)
     return parser
 
 

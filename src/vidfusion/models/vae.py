@@ -83,10 +83,15 @@ class VAEConfig:
     use_quant_conv: bool = False
     use_post_quant_conv: bool = False
     invert_scale_latents: bool = False
+    # Not a diffusers key: a decoder wider than the encoder (None = the same widths, as every CogVideoX VAE). Small
+    # VAEs gain reconstruction quality mostly from decoder width, while the encoder's cost is paid on every training
+    # step of the diffusion model, so the shipped tiny VAE keeps a narrow encoder. Written to config.json only when set.
+    decoder_block_out_channels: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         # JSON gives lists (and diffusers types the ratio as float); store tuples/ints so configs compare and hash.
-        for name in ("down_block_types", "up_block_types", "block_out_channels", "latents_mean", "latents_std"):
+        for name in ("down_block_types", "up_block_types", "block_out_channels", "latents_mean", "latents_std",
+                     "decoder_block_out_channels"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
@@ -104,12 +109,22 @@ class VAEConfig:
                 f"down/up_block_types must be {n} x {DOWN_BLOCK_TYPE!r} / {UP_BLOCK_TYPE!r} "
                 f"(one per block_out_channels entry); got {list(self.down_block_types)} / {list(self.up_block_types)}"
             )
+        decoder = self.decoder_block_out_channels
+        if decoder is not None and len(decoder) != n:
+            raise VidFusionError(
+                f"decoder_block_out_channels has {len(decoder)} entries but block_out_channels has {n}; give one "
+                f"width per level (or leave it unset for the encoder's widths)"
+            )
         if self.act_fn not in ACTIVATIONS:
             raise VidFusionError(f"act_fn={self.act_fn!r} is not supported; use one of {', '.join(ACTIVATIONS)}")
         if self.use_quant_conv or self.use_post_quant_conv:
             raise VidFusionError(
                 "use_quant_conv/use_post_quant_conv are not supported (no CogVideoX VAE has them); set both to false"
             )
+
+    @property
+    def decoder_channels(self) -> tuple[int, ...]:
+        return self.decoder_block_out_channels or self.block_out_channels
 
     @property
     def spatial_compression_ratio(self) -> int:
@@ -125,6 +140,8 @@ class VAEConfig:
         d: dict[str, Any] = {"_class_name": DIFFUSERS_CLASS_NAME}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name == "decoder_block_out_channels" and value is None:
+                continue  # keep configs of standard layouts byte-identical to diffusers'
             d[f.name] = list(value) if isinstance(value, tuple) else value
         return d
 
@@ -376,7 +393,7 @@ class Encoder3D(nn.Module):
 class Decoder3D(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
-        ch = config.block_out_channels[::-1]
+        ch = config.decoder_channels[::-1]
         time_levels = int(math.log2(config.temporal_compression_ratio))
         self.conv_in = CausalConv3d(config.latent_channels, ch[0])
         self.mid_block = MidBlock3D(ch[0], ch[0], 2, config, spatial_norm=True)

@@ -9,6 +9,9 @@ functions that the other pipelines (FreeInit, image-to-video, extension) reuse:
 - `denoise` is the sampling loop (guidance, dynamic CFG, sampler state);
 - `decode` unscales latents and runs the VAE.
 
+`T2VRequest.freeinit` (None: off) runs the sampling loop through `diffusion.freeinit.freeinit_sample`, which calls
+`denoise` once per pass; pass 0 is the plain loop on the same noise, so one pass gives the plain result bit for bit.
+
 CogVideoX 1.5 patches two latent frames at a time: when the latent count is odd the reference samples one extra
 latent frame at the front and drops it before decoding; `latent_frames_for` and `decode` do the same.
 """
@@ -21,6 +24,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from vidfusion.diffusion.freeinit import FreeInitSettings, check_settings, freeinit_sample
 from vidfusion.diffusion.guidance import cfg, dynamic_cfg_scale
 from vidfusion.diffusion.samplers import check_sampler_name, make_sampler
 from vidfusion.errors import VidFusionError
@@ -50,6 +54,7 @@ class T2VRequest:
     dynamic_cfg: bool = False
     sampler: str | None = None  # None: the sampler named by the checkpoint's scheduler
     seed: int = 0
+    freeinit: FreeInitSettings | None = None  # None: plain sampling
 
 
 def resolve_size(config: TransformerConfig, request: T2VRequest) -> tuple[int, int, int]:
@@ -76,6 +81,8 @@ def check_request(config: TransformerConfig, request: T2VRequest) -> tuple[int, 
         raise VidFusionError(f"--steps {request.num_steps} must be at least 1")
     if request.sampler is not None:
         check_sampler_name(request.sampler)
+    if request.freeinit is not None:
+        check_settings(request.freeinit)
     return frames, height, width
 
 
@@ -159,10 +166,19 @@ def text_to_video(components: Components, request: T2VRequest, progress: bool = 
     context = encode_prompts(components, [request.prompt], [request.negative_prompt or ""], guided).to(dtype)
     latent_frames, extra = latent_frames_for(components, frames)
     shape = (1, latent_frames, transformer.config.out_channels, height // VAE_SPATIAL, width // VAE_SPATIAL)
-    # One CPU generator for the initial noise and then the SDE sampler's draws, in the reference pipeline's order.
+    # One CPU generator for the initial noise and then the SDE sampler's draws, in the reference pipeline's order
+    # (FreeInit's fresh noise comes from it too, between passes).
     generator = torch.Generator("cpu").manual_seed(request.seed)
     latents = initial_noise(shape, generator, device, dtype)
-    latents = denoise(components, latents, context, request.num_steps, request.guidance_scale,
-                      request.sampler or components.default_sampler, request.dynamic_cfg, generator, progress)
+    sampler = request.sampler or components.default_sampler
+
+    def sample(x: torch.Tensor, num_steps: int, label: str) -> torch.Tensor:
+        return denoise(components, x, context, num_steps, request.guidance_scale, sampler, request.dynamic_cfg,
+                       generator, label if progress else False)
+
+    if request.freeinit is None:
+        latents = sample(latents, request.num_steps, "sampling")
+    else:
+        latents = freeinit_sample(sample, latents, components.schedule, request.freeinit, request.num_steps, generator)
     video = decode(components, latents, extra)
     return video[0].transpose(0, 1).float().cpu()

@@ -94,6 +94,17 @@ class VAETrainConfig(TrainConfig):
     layers_per_block: int | None = None
     latent_channels: int | None = None
     norm_num_groups: int | None = None
+    decoder_block_out_channels: tuple[int, ...] | None = None  # a wider decoder (see models.vae.VAEConfig)
+    # Where the weights start when out_dir has no checkpoint yet: "" = random, or an exported VAE folder (e.g. an
+    # earlier stage of this recipe). With train_encoder=false the encoder is frozen and only the decoder trains, so
+    # the latent space, and any diffusion model trained on it meanwhile, stays valid (Stable Diffusion's ft-MSE
+    # decoder recipe); the export then keeps the start folder's scaling_factor.
+    init_from: str = ""
+    train_encoder: bool = True
+    # Random crops (frames, pixels) of the rendered clips for cheap early training; None = whole clips. The VAE is
+    # convolutional, so crops teach the same kernels at a fraction of the cost; finish at full size.
+    crop_frames: int | None = None
+    crop_size: int | None = None
     # Loss weights. KL is per pixel (the summed KL divided by the number of pixel values), which makes kl_weight
     # mean what it means in the LDM/CogVideoX losses, where both terms are sums over the sample.
     kl_weight: float = 1e-6
@@ -120,6 +131,17 @@ class VAETrainConfig(TrainConfig):
             )
         if self.image_every < 0 or self.frames_per_clip < 1:
             raise VidFusionError("image_every must be >= 0 and frames_per_clip >= 1")
+        if self.crop_frames is not None and ((self.crop_frames - 1) % 8 or not 1 <= self.crop_frames <= self.num_frames):
+            raise VidFusionError(
+                f"crop_frames={self.crop_frames} must be 8k + 1 and at most num_frames={self.num_frames}; use 9 or 17"
+            )
+        if self.crop_size is not None and (self.crop_size % 8 or not 8 <= self.crop_size <= min(self.height, self.width)):
+            raise VidFusionError(
+                f"crop_size={self.crop_size} must be a multiple of 8 no larger than the clip ({self.height}x"
+                f"{self.width}); e.g. crop_size=64"
+            )
+        if not self.train_encoder and not self.init_from:
+            raise VidFusionError("train_encoder=false freezes a trained encoder; pass init_from=<exported VAE folder>")
 
 
 @dataclass
@@ -139,6 +161,13 @@ class DiTTrainConfig(TrainConfig):
     text_dropout: float = 0.1  # captions replaced by "", the pipeline's negative prompt
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the transformer (CUDA only)
+    # Data echoing (Choi et al. 2019): each batch of latents trains `echo` consecutive steps, each with its own
+    # timesteps, noise and caption dropout. Encoding clips with the VAE costs more than the tiny transformer's step,
+    # so echoing 2-4x buys more optimiser steps per GPU-minute; 1 = every step sees fresh clips.
+    echo: int = 1
+    # Start weights when out_dir has no checkpoint yet: "" = random, or a transformer folder (an export's
+    # transformer/) to continue from, with a fresh optimiser and EMA; its config must match this one's.
+    init_from: str = ""
     sample_prompts: tuple[str, ...] = field(default_factory=lambda: DEFAULT_PROMPTS)
     sample_steps: int = 20
     sample_guidance: float = 6.0
@@ -156,6 +185,9 @@ class DiTTrainConfig(TrainConfig):
             raise VidFusionError(
                 "vae_path is not set; pass vae_path=<out_dir of `vidfusion train vae`>/export/vae"
             )
+        if self.echo < 1 or self.ckpt_every % self.echo:
+            raise VidFusionError(f"echo={self.echo} must be >= 1 and divide ckpt_every={self.ckpt_every} (checkpoints "
+                                 f"fall between batches); e.g. echo=2 with ckpt_every=500")
         if not 0.0 <= self.text_dropout <= 1.0:
             raise VidFusionError(f"text_dropout={self.text_dropout} must be in [0, 1]; 0.1 is typical")
 

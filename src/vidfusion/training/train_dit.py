@@ -15,6 +15,7 @@ diffusers-layout model folder (EMA transformer, the VAE, MiniLM + tokenizer, DDI
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from PIL import Image
 from vidfusion.diffusion.prediction import add_noise, v_target
 from vidfusion.diffusion.schedule import COGVIDEOX_5B_SCHEDULE, alphas_cumprod
 from vidfusion.errors import VidFusionError
+from vidfusion.io.checkpoint import load_weights, read_json, read_state_dict
 from vidfusion.io.pretrained import Components, load_vae, save_pretrained
 from vidfusion.io.video import contact_sheet
 from vidfusion.models.text_encoder import TextEncoder, load_text_encoder, minilm_dir
@@ -116,6 +118,8 @@ def train(cfg: DiTTrainConfig) -> Path:
     config = transformer_config(cfg, vae.config, text_encoder.dim)
     torch.manual_seed(cfg.seed)
     model = CogVideoXTransformer(config).to(device).train()
+    if cfg.init_from:
+        load_start_weights(model, cfg.init_from)
     model.gradient_checkpointing = cfg.gradient_checkpointing
     ema = EMA(model, cfg.ema_decay)
     opt = adamw(model, cfg.lr, (cfg.adam_beta1, cfg.adam_beta2), cfg.weight_decay, device)
@@ -134,7 +138,7 @@ def train(cfg: DiTTrainConfig) -> Path:
         opt_tensors, opt_json = optimizer_parts("optimizer", opt)
         tensors = {"model": model.state_dict(), "ema": ema.state_dict(), "rng": rng_state(), **opt_tensors}
         train_state = {
-            "data_position": first_sample + (step - start) * cfg.batch_size,
+            "data_position": first_sample + -(-(step - start) // cfg.echo) * cfg.batch_size,  # batches begun
             "ema_updates": ema.num_updates,
             "config": config_to_dict(cfg),
             "transformer_config": config.to_dict(),
@@ -147,25 +151,39 @@ def train(cfg: DiTTrainConfig) -> Path:
     progress = Progress(start, cfg.steps, "dit", cfg.progress)
     averager = Averager()
     dataset = WorldClips(cfg.seed, cfg.num_frames, cfg.height, cfg.width)
-    loader = make_loader(dataset, first_sample, cfg.steps - start, cfg.batch_size, cfg.num_workers, device)
+    # A checkpoint always falls on a batch boundary (validate: echo divides ckpt_every), so data_position counts
+    # batches * batch_size and a resume starts a fresh batch.
+    loader = make_loader(dataset, first_sample, -(-(cfg.steps - start) // cfg.echo), cfg.batch_size,
+                         cfg.num_workers, device)
 
-    for step, batch in enumerate(loader, start):
+    for step, (batch, repeat) in enumerate(echoed(loader, cfg.echo, cfg.steps - start), start):
         lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
         set_lr(opt, lr)
-        x0, context = prepare_batch(cfg, step, batch, vae, text_encoder, device, amp)
+        # Once per log window the parts of a step are timed (with device syncs), to show where the time goes.
+        clock = SectionClock(device, enabled=step % cfg.log_every == 0 and repeat == 0)
+        if repeat == 0:
+            latents, captions = encode_batch(cfg, step, batch, vae, device, amp)
+        clock.lap("time/vae_ms")
+        x0, context = latents, caption_states(cfg, step, captions, text_encoder)
+        clock.lap("time/text_ms")
         metrics = train_step(cfg, step, x0, context, forward, model, opt, ab, device, amp)
+        clock.lap("time/step_ms")
         ema.update(model)
+        clock.lap("time/ema_ms")
+        metrics.update(clock.laps)
         metrics["lr"] = lr
         averager.add(metrics)
         progress.step(x0.shape[0])
         done = step + 1
+        if repeat < cfg.echo - 1 and done < cfg.steps:
+            continue  # logging, samples and checkpoints only between batches
 
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        if done % cfg.log_every < cfg.echo or done == cfg.steps:
             values = averager.pop()
             values["throughput/clips_per_s"] = progress.throughput()
             logger.scalars(done, values)
             progress.show(loss=values["train/loss"], clips_s=values["throughput/clips_per_s"])
-        if done % cfg.sample_every == 0 or done == cfg.steps:
+        if done % cfg.sample_every < cfg.echo or done == cfg.steps:
             ema.copy_to(ema_model)
             write_samples(cfg, done, components, out, logger, device, amp)
         stop = deadline.reached() and done < cfg.steps
@@ -182,20 +200,63 @@ def train(cfg: DiTTrainConfig) -> Path:
     return export(cfg, components)
 
 
+class SectionClock:
+    """Wall time of consecutive sections in ms, synchronising the device at each lap; a no-op when disabled."""
+
+    def __init__(self, device: torch.device, enabled: bool):
+        self.device, self.enabled, self.laps = device, enabled, {}
+        self.last = self._now() if enabled else 0.0
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.enabled:
+            now = self._now()
+            self.laps[name], self.last = 1e3 * (now - self.last), now
+
+
+def echoed(loader, echo: int, num_steps: int):
+    """(batch, repeat) pairs: each batch `echo` times in a row, `num_steps` pairs in all."""
+    count = 0
+    for batch in loader:
+        for repeat in range(echo):
+            if count == num_steps:
+                return
+            yield batch, repeat
+            count += 1
+
+
+def load_start_weights(model: CogVideoXTransformer, folder: str) -> None:
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise VidFusionError(f"init_from={folder} is not a transformer folder (no config.json); pass e.g. "
+                             f"runs/dit/export/transformer")
+    start = TransformerConfig.from_dict(read_json(path / "config.json"))
+    if start != model.config:
+        raise VidFusionError(f"init_from={folder} has a different transformer config than this run; use the shape "
+                             f"settings of the run that exported it")
+    load_weights(model, read_state_dict(path), path)
+
+
 @torch.no_grad()
-def prepare_batch(cfg: DiTTrainConfig, step: int, batch: dict, vae, text_encoder: TextEncoder,
-                  device: torch.device, amp: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scaled latents [B, F, C, h, w] in fp32, text states [B, L, D]) with text dropout applied."""
-    captions = list(batch["caption"])
-    drop = torch.rand(len(captions), generator=step_generator(cfg.seed, step, DROPOUT_STREAM)) < cfg.text_dropout
-    captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-    # Text in fp32, as the pipeline encodes prompts at inference.
-    context = text_encoder(captions)
+def encode_batch(cfg: DiTTrainConfig, step: int, batch: dict, vae, device: torch.device,
+                 amp: torch.dtype | None) -> tuple[torch.Tensor, list[str]]:
+    """(scaled latents [B, F, C, h, w] in fp32, the batch's captions)."""
     x = to_model_range(batch["video"], device)
     with autocast(device, amp):
         z = vae.encode(x).sample(step_generator(cfg.seed, step, LATENT_STREAM, device))
-    x0 = (z.float() * vae.config.scaling_factor).permute(0, 2, 1, 3, 4).contiguous()
-    return x0, context
+    return (z.float() * vae.config.scaling_factor).permute(0, 2, 1, 3, 4).contiguous(), list(batch["caption"])
+
+
+@torch.no_grad()
+def caption_states(cfg: DiTTrainConfig, step: int, captions: list[str], text_encoder: TextEncoder) -> torch.Tensor:
+    """Text states [B, L, D] with this step's dropout (captions replaced by "")."""
+    drop = torch.rand(len(captions), generator=step_generator(cfg.seed, step, DROPOUT_STREAM)) < cfg.text_dropout
+    # Text in fp32, as the pipeline encodes prompts at inference.
+    return text_encoder(["" if d else c for c, d in zip(captions, drop.tolist())])
 
 
 def train_step(cfg: DiTTrainConfig, step: int, x0: torch.Tensor, context: torch.Tensor, forward, model,

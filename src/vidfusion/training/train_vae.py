@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from vidfusion.errors import VidFusionError
+from vidfusion.io.checkpoint import load_weights, read_json, read_state_dict
 from vidfusion.io.video import contact_sheet
 from vidfusion.models.vae import VAE_PRESETS, CogVideoXVAE, VAEConfig
 from vidfusion.training.checkpointing import (
@@ -62,13 +63,14 @@ from vidfusion.training.losses import (
     kl_per_pixel,
 )
 
-NOISE_STREAM, FRAME_STREAM = 0, 1
+NOISE_STREAM, FRAME_STREAM, CROP_STREAM = 0, 1, 2
 
 
 def vae_config(cfg: VAETrainConfig) -> VAEConfig:
     if cfg.preset not in VAE_PRESETS:
         raise VidFusionError(f"unknown VAE preset {cfg.preset!r}; use one of {', '.join(VAE_PRESETS)}")
-    fields = ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups")
+    fields = ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups",
+              "decoder_block_out_channels")
     overrides = {k: getattr(cfg, k) for k in fields if getattr(cfg, k) is not None}
     return dataclasses.replace(VAE_PRESETS[cfg.preset], sample_height=cfg.height, sample_width=cfg.width, **overrides)
 
@@ -80,6 +82,30 @@ def single_frames(x: torch.Tensor, per_clip: int, generator: torch.Generator) ->
     picks = torch.stack([torch.randperm(t, generator=generator)[:k] for _ in range(b)])  # [B, k], on the CPU
     frames = x[torch.arange(b, device=x.device)[:, None], :, picks.to(x.device)]  # [B, k, 3, H, W]
     return frames.flatten(0, 1).unsqueeze(2)
+
+
+def random_crop(x: torch.Tensor, frames: int | None, size: int | None, generator: torch.Generator) -> torch.Tensor:
+    """[B, 3, T, H, W] -> one random window of `frames` x `size` x `size` per batch (None keeps that axis whole)."""
+    t, h, w = x.shape[2:]
+    frames, size_h, size_w = frames or t, size or h, size or w
+    t0, y0, x0 = (int(torch.randint(0, n - k + 1, (1,), generator=generator))
+                  for n, k in ((t, frames), (h, size_h), (w, size_w)))
+    return x[:, :, t0 : t0 + frames, y0 : y0 + size_h, x0 : x0 + size_w]
+
+
+def load_start_weights(vae: CogVideoXVAE, folder: str) -> VAEConfig:
+    """Copy an exported VAE's weights into `vae` (same architecture) and return that export's config."""
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise VidFusionError(f"init_from={folder} is not an exported VAE folder (no config.json); pass e.g. "
+                             f"runs/vae/export/vae")
+    start = VAEConfig.from_dict(read_json(path / "config.json"))
+    if dataclasses.replace(start, scaling_factor=vae.config.scaling_factor, sample_height=vae.config.sample_height,
+                           sample_width=vae.config.sample_width) != vae.config:
+        raise VidFusionError(f"init_from={folder} has a different VAE architecture than this config; use the same "
+                             f"preset and channel settings as the run that exported it")
+    load_weights(vae, read_state_dict(path), path)
+    return start
 
 
 def is_image_step(cfg: VAETrainConfig, step: int) -> bool:
@@ -99,6 +125,8 @@ def train(cfg: VAETrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     config = vae_config(cfg)
     vae = CogVideoXVAE(config).to(device).train()
+    start_config = load_start_weights(vae, cfg.init_from) if cfg.init_from else None
+    vae.encoder.requires_grad_(cfg.train_encoder)
     disc = PatchDiscriminator3D(config.out_channels, cfg.disc_channels).to(device).train()
     ema = EMA(vae, cfg.ema_decay)
     opt = adamw(vae, cfg.lr, (cfg.adam_beta1, cfg.adam_beta2), cfg.weight_decay, device)
@@ -140,6 +168,8 @@ def train(cfg: VAETrainConfig) -> Path:
         set_lr(opt, lr)
         set_lr(disc_opt, lr * cfg.disc_lr / cfg.lr)
         x = to_model_range(batch["video"], device)
+        if cfg.crop_frames or cfg.crop_size:
+            x = random_crop(x, cfg.crop_frames, cfg.crop_size, step_generator(cfg.seed, step, CROP_STREAM))
         if is_image_step(cfg, step):
             x = single_frames(x, cfg.frames_per_clip, step_generator(cfg.seed, step, FRAME_STREAM))
         metrics = train_step(cfg, step, x, vae, disc, opt, disc_opt, last_layer, device, amp)
@@ -167,15 +197,17 @@ def train(cfg: VAETrainConfig) -> Path:
             return ckpt_root / step_dir_name(done)
     progress.close()
     logger.close()
-    return export(cfg, ema.copy_to(ema_vae), device, amp)
+    scale = start_config.scaling_factor if start_config is not None and not cfg.train_encoder else None
+    return export(cfg, ema.copy_to(ema_vae), device, amp, scale)
 
 
 def train_step(cfg: VAETrainConfig, step: int, x: torch.Tensor, vae: CogVideoXVAE, disc: PatchDiscriminator3D,
                opt: torch.optim.Optimizer, disc_opt: torch.optim.Optimizer, last_layer: torch.Tensor,
                device: torch.device, amp: torch.dtype | None) -> dict[str, torch.Tensor]:
     gan = step >= cfg.disc_start
-    with autocast(device, amp):
+    with autocast(device, amp), torch.set_grad_enabled(cfg.train_encoder):
         posterior = vae.encode(x)
+    with autocast(device, amp):
         x_hat = vae.decode(posterior.sample(step_generator(cfg.seed, step, NOISE_STREAM, device))).float()
     l1 = (x_hat - x).abs().mean()
     grad_l1 = finite_difference_l1(x_hat, x)
@@ -250,8 +282,11 @@ def latent_scale(cfg: VAETrainConfig, vae: CogVideoXVAE, device: torch.device, a
     return 1.0 / max((total_sq / count - mean**2) ** 0.5, 1e-6)
 
 
-def export(cfg: VAETrainConfig, ema_vae: CogVideoXVAE, device: torch.device, amp: torch.dtype | None) -> Path:
-    scale = latent_scale(cfg, ema_vae, device, amp)
+def export(cfg: VAETrainConfig, ema_vae: CogVideoXVAE, device: torch.device, amp: torch.dtype | None,
+           scale: float | None = None) -> Path:
+    """Write the EMA weights; `scale` None measures the latent std (a frozen encoder keeps its start's scale)."""
+    if scale is None:
+        scale = latent_scale(cfg, ema_vae, device, amp)
     config = dataclasses.replace(ema_vae.config, scaling_factor=round(scale, 6))
     folder = write_component(Path(cfg.out_dir) / "export" / "vae", ema_vae.state_dict(), config.to_dict(),
                              export_dtype(cfg.export_dtype))

@@ -1,0 +1,236 @@
+"""FreeInit (Wu et al. 2023): re-initialise the sampler's noise with the low frequencies of a diffused first result.
+
+    pass 0:  x0 = sample(n0)                                    (plain sampling; n0 is kept)
+    pass k:  z  = add_noise(x0, n0, t_renoise)                  (forward process with the SAME noise n0)
+             r  = fresh N(0, I)
+             init = IFFT3( L * FFT3(z) + H * FFT3(r) )          (3D FFT over frames, height, width)
+             x0 = sample(init)
+
+with L a low-pass filter and H = sqrt(1 - L^2) (or the paper's 1 - L). Progress labels count passes from 1.
+
+The loop knows nothing about the model or the sampler: `freeinit_sample` takes `sample_fn(latents, num_steps, label)
+-> clean latents`, so text-to-video, image-to-video, extension and every sampler plug in unchanged. Pass 0 is exactly
+`sample_fn(noise, num_steps)`, so FreeInit with one pass is the plain sampler bit for bit. All draws come from the
+caller's generator, in pass order, so a seed fixes the whole run.
+
+Decisions that differ from the reference code (diffusers' FreeInitMixin, the paper's repository), on purpose:
+
+- Frequency coordinates are 2 * fftfreq(N) per axis, i.e. cycles per sample scaled to [-1, 1). For even N this is
+  the paper's 2t/N - 1 after fftshift, value for value; for odd N the paper's formula puts DC half a bin off centre
+  (T = 5 latent frames: DC at -0.2), so its "low-pass" filter does not even pass DC fully. Ours has DC at 0 for
+  every size, and the filter is symmetric (L(k) = L(-k)), so the mixed spectrum stays Hermitian and the inverse FFT
+  is real up to rounding; we build it in FFT order, so no fftshift is needed.
+- Distance: d^2 = ((d_s / d_t) f_t)^2 + f_h^2 + f_w^2 (the paper's). Gaussian exp(-d^2 / (2 d_s^2)) and
+  Butterworth 1 / (1 + (d^2 / d_s^2)^n) as the paper. Ideal passes d <= d_s: the reference compares d^2 <= 2 d_s,
+  which mixes units (a distance squared against a distance) and at d_s = 0.25 passes d <= 0.71 instead of 0.25;
+  d_s is the stop frequency for every other filter (Butterworth is at half power there), so ideal cuts there too.
+  Box passes |f_t| <= d_t, |f_h| <= d_s, |f_w| <= d_s: the paper's centred cube of half-width round(N/2 * d) bins,
+  but inclusive and symmetric; the reference slices [c - k, c + k), which is lopsided, and for 5 latent frames gives
+  k = round(2 * 0.25) = 0, an empty (all-zero) filter.
+- Mixing weights: with `preserve_variance` (the default) the fresh noise gets sqrt(1 - L^2) instead of 1 - L. When z
+  is itself N(0, I), every frequency of the result then has variance L^2 + (1 - L^2) = 1, as the sampler's first
+  step expects of its input; the paper's 1 - L gives L^2 + (1 - L)^2, down to 1/2 in the filter's transition band.
+  For 0/1 filters (ideal, box) the two are identical. Measured on the tiny model's latent grid (5 x 16 x 16) with
+  z and r independent N(0, I): variance 1 with `preserve_variance`, mean(L^2 + (1 - L)^2) = 0.994 (Butterworth) and
+  0.961 (Gaussian) with the paper's weights.
+
+Re-noise level. The paper diffuses to t = 999, where the SD-style schedule still keeps alphabar = 0.00466
+(sqrt = 0.068 of the clean latent). With CogVideoX's zero-terminal-SNR schedule alphabar(999) = 0, so
+add_noise(x0, n0, 999) returns n0 exactly and FreeInit would only swap n0's high frequencies for fresh ones, a new
+random draw that keeps nothing of the first pass: the level must be a parameter (`FreeInitSettings.renoise_timestep`, any timestep of the schedule; `timestep_for_alphabar`
+converts an alphabar). The default is DEFAULT_RENOISE_ALPHABAR, read on the model's own schedule (t = 880 for the
+5B/tiny schedule with snr shift 1, t = 815 for 2B's shift 3).
+
+Measurement behind it (`python benchmarks/freeinit_sweep.py --measure-renoise`; the tiny model's VAE latents of
+16 world val clips, scaled as the DiT sees them, Butterworth 0.25/0.25, 5 x 16 x 16 grid). "signal" is the share of
+z's low-pass energy that comes from x0 (the rest is n0); "init std" is the std of the mixed init the sampler starts
+from at t = 999 (1 = in distribution); "corr" is the correlation of the init's low band with x0's low band:
+
+    t     alphabar   signal   init std   corr
+    999   0          0.000    1.000      0.01
+    970   0.00019    0.020    1.000      0.15
+    950   0.00059    0.060    1.000      0.24
+    930   0.00127    0.122    1.001      0.34
+    900   0.00296    0.245    1.001      0.48
+    880   0.00464    0.338    1.002      0.55    <- default (the paper's alphabar)
+    850   0.00820    0.475    1.003      0.66
+    800   0.01764    0.663    1.008      0.78
+    700   0.05525    0.865    1.023      0.91
+    500   0.24102    0.972    1.098      0.98
+
+The clean latents put 94% of their energy in this low band (white noise: 0.8%), so even a tiny alphabar shows
+there. Above t ~ 950 less than 6% of the band is kept and FreeInit is close to a fresh draw; below t ~ 800 two
+thirds or more of the band is the previous result (corr >= 0.78), the next pass is little more than a
+re-rendering of the first (SDEdit-like, little room to repair it), and the init's std drifts from the 1.0 the
+t = 999 step was trained on (1.008 at 800, 1.023 at 700, 1.098 at 500). The paper's alphabar (t = 880 here) sits
+between: a third of the band comes from the first pass (corr 0.55) with the init still at std 1.002, and it is
+the level the paper's gains were measured at. Whether a neighbouring level does better on this model is what the
+sweep's re-noise axis (benchmarks/freeinit_sweep.py --renoise 950 880 800) measures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from vidfusion.diffusion.prediction import add_noise
+from vidfusion.diffusion.schedule import ScheduleConfig, alphas_cumprod
+from vidfusion.errors import VidFusionError
+
+FILTERS = ("butterworth", "gaussian", "ideal", "box")
+LAYOUTS = ("bfchw", "bcfhw")  # the transformer's [B, F, C, H, W] and the VAE's [B, C, F, H, W]
+DEFAULT_RENOISE_ALPHABAR = 0.00466  # Stable Diffusion's alphabar(999), where the paper re-noises
+
+# sample_fn(latents, num_steps, label) -> clean latents; label ("pass 2/3") is for the progress bar.
+SampleFn = Callable[[torch.Tensor, int, str], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FreeInitSettings:
+    passes: int = 3
+    filter: str = "butterworth"
+    order: int = 4  # Butterworth only
+    d_s: float = 0.25  # spatial stop frequency, in the normalised units of `frequency_distance_sq`
+    d_t: float = 0.25  # temporal stop frequency
+    renoise_timestep: int | None = None  # None: the schedule's timestep nearest DEFAULT_RENOISE_ALPHABAR
+    coarse_to_fine: bool = False  # pass i runs int(num_steps / passes * (i + 1)) steps instead of num_steps
+    preserve_variance: bool = True  # fresh-noise weight sqrt(1 - L^2) instead of 1 - L (see the module docstring)
+
+
+def check_settings(settings: FreeInitSettings, schedule: ScheduleConfig | None = None) -> None:
+    """One-line errors for impossible settings; the timestep range needs the schedule."""
+    if settings.passes < 1:
+        raise VidFusionError(f"--freeinit {settings.passes} must be at least 1 pass (3 is typical; 1 is plain sampling)")
+    if settings.filter not in FILTERS:
+        raise VidFusionError(f"--freeinit-filter {settings.filter!r} is unknown; use one of {', '.join(FILTERS)}")
+    if settings.order < 1:
+        raise VidFusionError(f"Butterworth order {settings.order} must be at least 1 (4 is the paper's)")
+    for flag, value in (("--freeinit-ds", settings.d_s), ("--freeinit-dt", settings.d_t)):
+        if not value > 0:
+            raise VidFusionError(f"{flag} {value} must be above 0 (0.25 is the paper's)")
+    if schedule is not None and settings.renoise_timestep is not None:
+        last = schedule.num_train_timesteps - 1
+        if not 0 <= settings.renoise_timestep <= last:
+            raise VidFusionError(f"--freeinit-renoise {settings.renoise_timestep} is not a timestep; use 0 to {last} "
+                                 f"(higher keeps less of the previous pass)")
+
+
+def timestep_for_alphabar(schedule: ScheduleConfig, alphabar: float) -> int:
+    """The timestep whose alphabar is nearest `alphabar`."""
+    return int((alphas_cumprod(schedule) - alphabar).abs().argmin())
+
+
+def renoise_timestep(schedule: ScheduleConfig, settings: FreeInitSettings) -> int:
+    if settings.renoise_timestep is not None:
+        return settings.renoise_timestep
+    return timestep_for_alphabar(schedule, DEFAULT_RENOISE_ALPHABAR)
+
+
+def pass_steps(num_steps: int, passes: int, coarse_to_fine: bool) -> list[int]:
+    """Sampling steps of each pass; coarse-to-fine grows them to num_steps on the last pass (the paper's schedule)."""
+    if not coarse_to_fine:
+        return [num_steps] * passes
+    return [max(1, int(num_steps / passes * (i + 1))) for i in range(passes)]
+
+
+# ------------------------------------------------------------------------------------------------------- filters
+
+
+def frequency_distance_sq(shape: tuple[int, int, int], d_s: float, d_t: float, device=None) -> torch.Tensor:
+    """[F, H, W] squared normalised distance of each FFT bin from DC, in FFT (unshifted) order.
+
+    Each axis's coordinate is 2 * fftfreq(N) in [-1, 1); time is stretched by d_s / d_t so that one spatial stop
+    frequency d_s describes both (the paper's convention)."""
+    frames, height, width = shape
+    f_t = 2 * torch.fft.fftfreq(frames, device=device, dtype=torch.float64) * (d_s / d_t)
+    f_h = 2 * torch.fft.fftfreq(height, device=device, dtype=torch.float64)
+    f_w = 2 * torch.fft.fftfreq(width, device=device, dtype=torch.float64)
+    return f_t[:, None, None] ** 2 + f_h[None, :, None] ** 2 + f_w[None, None, :] ** 2
+
+
+def low_pass_filter(
+    shape: tuple[int, int, int], kind: str = "butterworth", d_s: float = 0.25, d_t: float = 0.25, order: int = 4,
+    device=None,
+) -> torch.Tensor:
+    """[F, H, W] float32 filter in [0, 1] over (frames, height, width), FFT order (torch.fft.fftshift to view it)."""
+    if kind == "box":
+        frames, height, width = shape
+        f_t = 2 * torch.fft.fftfreq(frames, device=device, dtype=torch.float64).abs() <= d_t
+        f_h = 2 * torch.fft.fftfreq(height, device=device, dtype=torch.float64).abs() <= d_s
+        f_w = 2 * torch.fft.fftfreq(width, device=device, dtype=torch.float64).abs() <= d_s
+        return (f_t[:, None, None] & f_h[None, :, None] & f_w[None, None, :]).float()
+    d2 = frequency_distance_sq(shape, d_s, d_t, device)
+    if kind == "gaussian":
+        lpf = torch.exp(-d2 / (2 * d_s**2))
+    elif kind == "butterworth":
+        lpf = 1 / (1 + (d2 / d_s**2) ** order)
+    elif kind == "ideal":
+        lpf = (d2 <= d_s**2).double()
+    else:
+        raise VidFusionError(f"--freeinit-filter {kind!r} is unknown; use one of {', '.join(FILTERS)}")
+    return lpf.float()
+
+
+def _layout_dims(layout: str) -> tuple[int, int, int]:
+    """(frame, height, width) axes of a 5-D latent in `layout`."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {LAYOUTS}")
+    return (1, 3, 4) if layout == "bfchw" else (2, 3, 4)
+
+
+def grid_shape(latents: torch.Tensor, layout: str = "bfchw") -> tuple[int, int, int]:
+    """(frames, height, width) of a 5-D latent."""
+    return tuple(latents.shape[d] for d in _layout_dims(layout))
+
+
+def mix_frequencies(
+    low: torch.Tensor, high: torch.Tensor, lpf: torch.Tensor, layout: str = "bfchw", preserve_variance: bool = True,
+) -> torch.Tensor:
+    """IFFT3(L * FFT3(low) + H * FFT3(high)), H = sqrt(1 - L^2) or 1 - L, over frames, height and width.
+
+    `lpf` is [F, H, W] in FFT order (`low_pass_filter`); computed in float32 (FFTs of bf16 are not supported and
+    would lose the small high-frequency terms), returned in `low`'s dtype."""
+    dims = _layout_dims(layout)
+    assert low.shape == high.shape and low.ndim == 5, f"latents {list(low.shape)} and {list(high.shape)}"
+    assert grid_shape(low, layout) == tuple(lpf.shape), f"filter {list(lpf.shape)} for latents {list(low.shape)}"
+    shape = [1] * 5
+    for d, n in zip(dims, lpf.shape):
+        shape[d] = n
+    keep = lpf.to(low.device, torch.float32).reshape(shape)
+    fresh = (1 - keep**2).clamp(min=0).sqrt() if preserve_variance else 1 - keep
+    spectrum = torch.fft.fftn(low.float(), dim=dims) * keep + torch.fft.fftn(high.float(), dim=dims) * fresh
+    return torch.fft.ifftn(spectrum, dim=dims).real.to(low.dtype)
+
+
+# ------------------------------------------------------------------------------------------------------- the loop
+
+
+def freeinit_sample(
+    sample_fn: SampleFn,
+    noise: torch.Tensor,
+    schedule: ScheduleConfig,
+    settings: FreeInitSettings,
+    num_steps: int,
+    generator: torch.Generator | None = None,
+    layout: str = "bfchw",
+) -> torch.Tensor:
+    """Run `settings.passes` sampling passes from `noise` (5-D, `layout`); returns the last pass's clean latents.
+
+    Fresh noise is drawn on the generator's device (as `initial_noise` draws n0), so a seed gives the same result
+    on every device; the sampler's own draws (DPM) interleave with them in pass order."""
+    check_settings(settings, schedule)
+    t = renoise_timestep(schedule, settings)
+    ab = alphas_cumprod(schedule)
+    lpf = low_pass_filter(grid_shape(noise, layout), settings.filter, settings.d_s, settings.d_t, settings.order,
+                          noise.device)
+    steps = pass_steps(num_steps, settings.passes, settings.coarse_to_fine)
+    clean = sample_fn(noise, steps[0], f"pass 1/{settings.passes}")
+    for i in range(1, settings.passes):
+        diffused = add_noise(ab, clean.float(), noise.float(), t)
+        draw_on = generator.device if generator is not None else noise.device
+        fresh = torch.randn(noise.shape, generator=generator, device=draw_on, dtype=torch.float32).to(noise.device)
+        init = mix_frequencies(diffused, fresh, lpf, layout, settings.preserve_variance).to(noise.dtype)
+        clean = sample_fn(init, steps[i], f"pass {i + 1}/{settings.passes}")
+    return clean
