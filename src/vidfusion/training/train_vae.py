@@ -5,6 +5,10 @@ hinge GAN term with the adaptive (VQGAN) weight; the 3D patch discriminator trai
 `image_every`-th step trains on single frames cut from the clips (T = 1 batches), so the causal first-frame path,
 which image-to-video conditioning relies on, is trained too. See `losses` for the choice of terms.
 
+Stages of one recipe are runs of this trainer with different settings: `crop_frames`/`crop_size` train on random
+windows of the clips (cheap, early), `init_from` starts a run from an earlier stage's export, and `train_encoder=false`
+freezes the encoder so the decoder (and a GAN term) can keep improving while a diffusion model trains on the latents.
+
 The export (out_dir/export/vae/) holds the EMA weights and a config whose `scaling_factor` is 1 / std of the
 latents, measured on a few batches at export time, so the DiT trainer sees unit-variance latents as CogVideoX does.
 """
