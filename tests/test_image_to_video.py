@@ -30,19 +30,10 @@ from vidfusion.pipelines.image_to_video import (  # noqa: E402
 )
 from vidfusion.pipelines.text_to_video import T2VRequest, decode  # noqa: E402
 
-WORDS = "a red green blue circle square moving to the right left up down".split()
-T5_DIM = 32
+# The same tiny T5 as the text-to-video parity tests, so both pipelines are checked against one text encoder.
+from test_pipeline import T5_DIM, tiny_t5  # noqa: E402
+
 PROMPT, NEGATIVE = "a red circle moving to the right", "blue square"
-
-
-def tiny_t5():
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0) for w in WORDS]
-    vocab += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
-    tokenizer = transformers.T5Tokenizer(vocab=vocab, extra_ids=0)
-    config = transformers.T5Config(vocab_size=len(vocab), d_model=T5_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                                   feed_forward_proj="gated-gelu", dropout_rate=0.0)
-    torch.manual_seed(0)
-    return tokenizer, transformers.T5EncoderModel(config).eval()
 
 
 def randomise_(module, seed):
