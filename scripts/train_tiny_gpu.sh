@@ -7,6 +7,9 @@
 #                                               # the DiT and stage C (decoder only, GAN) side by side on one GPU
 #   bash scripts/train_tiny_gpu.sh continue     # resume DiT + stage C; export both when their steps are done
 #   DIT_INIT=path bash scripts/train_tiny_gpu.sh dit-more   # a further DiT cycle from exported weights
+#   bash scripts/train_tiny_gpu.sh taskmix      # masked-context DiT (T2V/I2V/extend/interpolate) widened from the
+#                                               # shipped transformer + a decoder-only VAE stage from the shipped VAE,
+#                                               # side by side; FINAL=1 on the last call sizes steps and exports
 #
 # Steps are sized to the time a call has: a short probe measures clips/s, and `steps` is set so that the cosine
 # schedule ends when the call does (stopping early on max_minutes would leave the learning rate high).
@@ -111,9 +114,61 @@ dit-more)
   cp "$(ls $R/dit2/samples/*.png | tail -1)" $OUT/dit2_samples.png || true
   [ -f $R/dit2/export/model_index.json ] && bring_back dit2_transformer $R/dit2/export/transformer
   ;;
+taskmix)
+  W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
+  MIX_STEPS=${MIX_STEPS:-4000}
+  VAE_D_STEPS=${VAE_D_STEPS:-4000}
+  minutes=$(python3 -c "print(($(left) - 60) / 60)")
+  if [ -n "${FINAL:-}" ]; then
+    MIX_STEPS=$(plan fill $R/mix 64 $(($(left) - 75)))
+    VAE_D_STEPS=$(plan fill $R/vae_d 8 $(($(left) - 75)))
+    echo "final: task mix to $MIX_STEPS steps, VAE decoder to $VAE_D_STEPS steps"
+  fi
+  mix=(vae_path=$W/vae init_from=$W/transformer task_mix=${TASK_MIX:-0.3,0.2,0.25,0.25} echo=2 lr=${MIX_LR:-2e-4}
+       warmup_steps=200 num_workers=10 export_dtype=bf16 sample_every=1000 ckpt_every=500)
+  vd=(preset=tiny $VAE_ARCH init_from=$W/vae train_encoder=false batch_size=8 lr=1e-4 warmup_steps=100
+      disc_start=10000000 num_workers=5 sample_every=1000 ckpt_every=500)
+  vidfusion train dit --config configs/dit_tiny.toml out_dir=$R/mix progress=false steps=$MIX_STEPS "${mix[@]}" \
+    max_minutes=$minutes > $R/mix.log &
+  dit=$!
+  vidfusion train vae --config configs/vae_tiny.toml out_dir=$R/vae_d progress=false steps=$VAE_D_STEPS "${vd[@]}" \
+    max_minutes=$minutes > $R/vae_d.log &
+  vae=$!
+  wait $dit $vae || true
+  tail -n 3 $R/mix.log $R/vae_d.log || true
+  if [ -n "${FINAL:-}" ]; then
+    [ -f $R/mix/export/model_index.json ] || finish $R/mix dit configs/dit_tiny.toml "${mix[@]}"
+    [ -d $R/vae_d/export/vae ] || finish $R/vae_d vae configs/vae_tiny.toml "${vd[@]}"
+  fi
+  cp $R/mix/metrics.jsonl $OUT/mix_metrics.jsonl
+  cp $R/vae_d/metrics.jsonl $OUT/vae_d_metrics.jsonl
+  cp "$(ls $R/mix/samples/*.png | tail -1)" $OUT/mix_samples.png || true
+  if [ -f $R/mix/export/model_index.json ]; then
+    bring_back mix_transformer $R/mix/export/transformer
+  else
+    plan snapshot $R/mix $R/mix_snapshot && bring_back mix_snapshot $R/mix_snapshot
+  fi
+  [ -d $R/vae_d/export/vae ] && bring_back vae_d $R/vae_d/export/vae
+  ;;
 eval)  # eval MODEL_FOLDER: prompt adherence on 200 held-out prompts and world VAE PSNR, on the GPU
   vidfusion eval adherence --model $2 -n ${N:-200} --device cuda -q --json $OUT/adherence.json | tail -n 9
   vidfusion eval vae --model $2/vae --world-n 50 --device cuda --json $OUT/vae_eval.json | tail -n 5
+  ;;
+eval-context)  # eval-context MODEL_FOLDER: the issue-5 measurements (I2V, long video, interpolation) + adherence
+  m=$2
+  vidfusion eval i2v --model $m -n ${N_I2V:-100} --device cuda -q --json $OUT/i2v.json | tail -n 2
+  vidfusion eval interp --model $m -n ${N_INTERP:-50} --device cuda -q --json $OUT/interp.json | tail -n 2
+  vidfusion eval long --model $m -n ${N_LONG:-20} --device cuda -q --sheet $OUT/long_sheet.png \
+    --json $OUT/long.json | tail -n 4
+  for s in ${CONTEXT_SCALES:-}; do
+    vidfusion eval long --model $m -n ${N_LONG:-20} --device cuda -q --context-guidance $s \
+      --json $OUT/long_cg$s.json | tail -n 4
+    vidfusion eval i2v --model $m -n ${N_I2V:-100} --device cuda -q --context-guidance $s \
+      --json $OUT/i2v_cg$s.json | tail -n 2
+    vidfusion eval interp --model $m -n ${N_INTERP:-50} --device cuda -q --context-guidance $s \
+      --json $OUT/interp_cg$s.json | tail -n 2
+  done
+  vidfusion eval adherence --model $m -n 200 --device cuda -q --json $OUT/adherence25.json | tail -n 8
   ;;
 esac
 nvidia-smi --query-gpu=memory.used --format=csv,noheader

@@ -79,15 +79,22 @@ def test_cli_image_flag_errors_name_the_fix(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "frame.png" in err and len(err.splitlines()) == 1
 
-    image = tmp_path / "ok.png"
-    from PIL import Image
-
-    Image.new("RGB", (32, 32), (255, 0, 0)).save(image)
-    # The shipped model is text-to-video only (16 input channels): a clear refusal, no traceback.
-    assert main(["generate", "a red circle", "--image", str(image), "--steps", "1", "-o", str(tmp_path / "x.mp4")]) == 2
-    err = capsys.readouterr().err
-    assert "-I2V checkpoint" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_shipped_model_is_a_masked_context_model_that_keeps_the_first_frame(shipped):
+    from vidfusion.data.world import sample
+    from vidfusion.evaluation.reconstruction import psnr
+    from vidfusion.io.video import to_uint8_frames
+    from vidfusion.pipelines.masked_context import first_frame_context, generate_with_context, is_context_model
+
+    assert is_context_model(shipped) and shipped.transformer.config.ofs_embed_dim
+    clip = sample(0, "heldout")
+    image = torch.from_numpy(clip.video[0]).permute(2, 0, 1).float() / 127.5 - 1
+    video = generate_with_context(shipped, T2VRequest(clip.caption, num_steps=10),
+                                  first_frame_context(image, 17), progress=False)
+    frames = to_uint8_frames(video)
+    assert psnr(frames[0], clip.video[0]) > 25  # image-to-video starts from the image
 
 
 def test_cli_curate_is_wired_and_rejects_a_missing_input(tmp_path, capsys):

@@ -64,12 +64,26 @@ def cmd_generate(args: argparse.Namespace) -> None:
     # Validate against the config alone so that bad input fails before the (slow) weight load.
     frames, height, width = check_request(TransformerConfig.from_dict(read_json(model / "transformer" / "config.json")),
                                           request)
+    if args.length is not None:
+        from vidfusion.pipelines.long_video import check_context_frames
+
+        check_context_frames(args.context_frames, frames)
     if args.image is not None:
         from vidfusion.pipelines.image_to_video import load_image
 
         image = load_image(args.image)  # an unreadable image fails before the weight load too
     components = load_pretrained(model, device=device, dtype=dtype)
-    if args.image is not None:
+    from vidfusion.pipelines.masked_context import is_context_model
+
+    if is_context_model(components):
+        from vidfusion.cli_context import generate_from_context
+
+        video = generate_from_context(args, components, request, image if args.image is not None else None)
+        frames = video.shape[0]
+    elif args.length is not None or args.context_guidance != 1.0:
+        raise VidFusionError("--length and --context-guidance need a masked-context model (the shipped tiny model "
+                             "or one trained with task_mix); this model has no context input")
+    elif args.image is not None:
         from vidfusion.pipelines.image_to_video import image_to_video
 
         video = image_to_video(components, request, image, progress=not args.quiet)
@@ -194,7 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-o", "--output", default="video.mp4", help=".mp4, .gif, .png (contact sheet) or a folder/")
     gen.add_argument("--model", default=None, help="diffusers-layout model folder (default: the shipped tiny model)")
     gen.add_argument("--image", default=None, metavar="PATH",
-                     help="first frame for image-to-video (needs an -I2V checkpoint such as CogVideoX-5b-I2V)")
+                     help="first frame for image-to-video (the shipped model, or an -I2V checkpoint such as "
+                          "CogVideoX-5b-I2V)")
+    gen.add_argument("--length", type=int, default=None, metavar="N",
+                     help="N frames, longer than the model's clip: chunk by chunk from context (masked-context "
+                          "models such as the shipped one)")
+    gen.add_argument("--context-frames", type=int, default=5, metavar="K",
+                     help="with --length: frames of context per chunk, 4s + 1 (default 5)")
+    gen.add_argument("--context-guidance", type=float, default=1.0, metavar="S",
+                     help="context guidance scale for masked-context models; 1 disables")
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--frames", type=int, default=None, help="4k+1 frames (default: the model's trained length)")
     gen.add_argument("--height", type=int, default=None)
@@ -263,7 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     temporal.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     temporal.set_defaults(func=cmd_eval_temporal)
 
+    from vidfusion.cli_context import add_parsers as add_context_parsers
     from vidfusion.data.curation.command import add_parser as add_curate_parser
+
+    add_context_parsers(sub, eval_sub)
 
     add_curate_parser(sub)
     return parser

@@ -374,12 +374,20 @@ def _check_size(num_frames: int, height: int, width: int) -> None:
 
 
 def render(scene: SceneSpec, num_frames: int = 17, height: int = 128, width: int = 128,
-           supersample: int = 2) -> np.ndarray:
+           supersample: int = 2, times: np.ndarray | None = None) -> np.ndarray:
     """Draw the scene as uint8 RGB `[num_frames, height, width, 3]`.
 
     Shapes are anti-aliased polygons with 1/16-pixel vertices, drawn at `supersample` times the size and
     area-averaged down, so slow motions move smoothly rather than in whole-pixel steps.
+
+    `times` (clip times in [0, 1], one per frame) replaces the default even spacing over the whole clip; it renders a
+    stretch of the clip at a higher frame rate (frame interpolation data) and then sets num_frames.
     """
+    if times is not None:
+        times = np.asarray(times, dtype=np.float64)
+        if times.ndim != 1 or times.size == 0 or times.min() < 0.0 or times.max() > 1.0:
+            raise VidFusionError("times must be a non-empty 1-D array of clip times in [0, 1]")
+        num_frames = times.size
     _check_size(num_frames, height, width)
     big_h, big_w = height * supersample, width * supersample
     unit = min(big_h, big_w)
@@ -387,7 +395,8 @@ def render(scene: SceneSpec, num_frames: int = 17, height: int = 128, width: int
     pan_y = round(scene.pan_travel * big_h) if scene.pan in ("up", "down") else 0
     canvas = _background_canvas(scene.background, big_h + pan_y, big_w + pan_x, unit)
 
-    times = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
+    if times is None:
+        times = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
     states = [object_state(obj, times) for obj in scene.objects]
     video = np.empty((num_frames, height, width, 3), dtype=np.uint8)
     for i, t in enumerate(times):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import av
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
@@ -297,6 +298,18 @@ def probe_video(path: PathLike) -> dict[str, Any]:
             "codec": stream.codec_context.name,
             "duration": duration,
         }
+
+
+def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [T, H, W, 3] -> [T, height, width, 3]: the largest centred crop of the target's aspect ratio, resized
+    with area interpolation (Lanczos when enlarging)."""
+    h, w = frames.shape[1:3]
+    scale = min(h / height, w / width)
+    ch, cw = max(1, round(height * scale)), max(1, round(width * scale))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    interpolation = cv2.INTER_AREA if ch >= height else cv2.INTER_LANCZOS4
+    return np.stack([cv2.resize(np.ascontiguousarray(f[top:top + ch, left:left + cw]), (width, height),
+                                interpolation=interpolation) for f in frames])
 
 
 def read_image(path: PathLike) -> np.ndarray:

@@ -64,11 +64,13 @@ def resolve_size(config: TransformerConfig, request: T2VRequest) -> tuple[int, i
     return frames, height, width
 
 
-def check_request(config: TransformerConfig, request: T2VRequest) -> tuple[int, int, int]:
+def check_request(config: TransformerConfig, request: T2VRequest,
+                  allow_empty_prompt: bool = False) -> tuple[int, int, int]:
     """Validate against the transformer's config alone, so bad input fails before any weights load.
 
-    Returns (frames, height, width) with the model's defaults filled in."""
-    if not request.prompt or not request.prompt.strip():
+    Returns (frames, height, width) with the model's defaults filled in. An empty prompt is allowed only where frames
+    condition the video (interpolation, extension): the models are trained with 10% empty captions."""
+    if not allow_empty_prompt and (not request.prompt or not request.prompt.strip()):
         raise VidFusionError('the prompt is empty; describe the video, e.g. vidfusion generate "a red circle moving right"')
     frames, height, width = resolve_size(config, request)
     latent_num_frames(frames)  # 4k+1, or an error that names the nearest valid counts
@@ -159,6 +161,11 @@ def decode(components: Components, latents: torch.Tensor, extra_frames: int = 0)
 
 def text_to_video(components: Components, request: T2VRequest, progress: bool = True) -> torch.Tensor:
     """One video [T, 3, H, W] in [-1, 1] (float32, on CPU)."""
+    from vidfusion.pipelines.masked_context import Context, generate_with_context, is_context_model
+
+    if is_context_model(components):  # a masked-context model makes text-to-video from an empty context
+        context = Context(None, None, fps=float(components.defaults.get("fps", FALLBACK_DEFAULTS["fps"])))
+        return generate_with_context(components, request, context, progress)
     frames, height, width = check_request(components.transformer.config, request)
     transformer = components.transformer
     device, dtype = next(transformer.parameters()).device, next(transformer.parameters()).dtype

@@ -168,6 +168,15 @@ class DiTTrainConfig(TrainConfig):
     # Start weights when out_dir has no checkpoint yet: "" = random, or a transformer folder (an export's
     # transformer/) to continue from, with a fresh optimiser and EMA; its config must match this one's.
     init_from: str = ""
+    # Masked-context training (pipelines/masked_context.py, training/task_mix.py): weights for t2v, i2v, extend,
+    # interpolate; empty = a plain text-to-video model. A task-mix model takes [noisy, context, mask] channels and a
+    # frame-rate label; init_from may then name a plain text-to-video transformer of the same shape, which is widened.
+    task_mix: tuple[float, ...] = ()
+    context_dropout: float = 0.1
+    context_noise: bool = True  # pixel noise sigma = exp(N(-3, 0.5)) on the context frames before encoding
+    extend_frames: tuple[int, ...] = (5, 9)
+    interp_fps: tuple[float, ...] = (32.0, 128.0)
+    base_fps: float = 8.0
     sample_prompts: tuple[str, ...] = field(default_factory=lambda: DEFAULT_PROMPTS)
     sample_steps: int = 20
     sample_guidance: float = 6.0
@@ -190,6 +199,12 @@ class DiTTrainConfig(TrainConfig):
                                  f"fall between batches); e.g. echo=2 with ckpt_every=500")
         if not 0.0 <= self.text_dropout <= 1.0:
             raise VidFusionError(f"text_dropout={self.text_dropout} must be in [0, 1]; 0.1 is typical")
+        if self.task_mix:
+            from vidfusion.training.task_mix import check_task_settings
+
+            check_task_settings(self.task_mix, self.extend_frames, self.interp_fps, self.base_fps, self.num_frames)
+            if not 0.0 <= self.context_dropout <= 1.0:
+                raise VidFusionError(f"context_dropout={self.context_dropout} must be in [0, 1]; 0.1 is typical")
 
 
 # ------------------------------------------------------------------------------------------------------------------

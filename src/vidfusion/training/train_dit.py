@@ -8,6 +8,11 @@ The plain v MSE *is* CogVideoX's loss: it regresses x0 with weight 1 / (1 - alph
 x0_pred - x0 = -sqrt(1 - alphabar_t) (v_pred - v), so the weight cancels exactly (diffusion/prediction.py).
 Computing it on v avoids multiplying by 1 / (1 - alphabar_0), about 1e3, in low precision.
 
+With `task_mix` set the model is a masked-context model (pipelines/masked_context.py): each batch also carries which
+frames are known and a frame rate (training/task_mix.py); the known frames are encoded (with pixel noise) into context
+latents, concatenated with the noisy latents and the mask, and the frame rate goes to the ofs embedding. The loss is
+the same v MSE over all latent frames, known ones included (Video LDM), so the known frames come out matching them.
+
 Master weights are fp32; the forward runs under bf16 autocast on CUDA. The export (out_dir/export/) is a complete
 diffusers-layout model folder (EMA transformer, the VAE, MiniLM + tokenizer, DDIM scheduler), so
 `vidfusion generate --model out_dir/export` runs it directly.
@@ -15,6 +20,7 @@ diffusers-layout model folder (EMA transformer, the VAE, MiniLM + tokenizer, DDI
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -32,6 +38,7 @@ from vidfusion.io.video import contact_sheet
 from vidfusion.models.text_encoder import TextEncoder, load_text_encoder, minilm_dir
 from vidfusion.models.transformer import CogVideoXTransformer, TransformerConfig
 from vidfusion.models.vae import latent_num_frames
+from vidfusion.pipelines.masked_context import encode_context, model_input
 from vidfusion.pipelines.text_to_video import (
     decode,
     denoise,
@@ -66,18 +73,22 @@ from vidfusion.training.common import (
     step_generator,
     to_model_range,
 )
+from vidfusion.training.conditioning import image_noise_sigmas
 from vidfusion.training.config import DiTTrainConfig, config_to_dict
+from vidfusion.training.task_mix import TaskMixClips
 
-NOISE_STREAM, DROPOUT_STREAM, LATENT_STREAM = 0, 1, 2
+NOISE_STREAM, DROPOUT_STREAM, LATENT_STREAM, CONTEXT_STREAM = 0, 1, 2, 3
 SCHEDULE = COGVIDEOX_5B_SCHEDULE
 
 
 def transformer_config(cfg: DiTTrainConfig, vae_config, text_dim: int) -> TransformerConfig:
     spatial = vae_config.spatial_compression_ratio
+    c = vae_config.latent_channels
     return TransformerConfig(
         num_attention_heads=cfg.num_attention_heads,
         attention_head_dim=cfg.attention_head_dim,
-        in_channels=vae_config.latent_channels,
+        in_channels=2 * c + 1 if cfg.task_mix else c,  # [noisy, context, mask] for a masked-context model
+        ofs_embed_dim=cfg.time_embed_dim if cfg.task_mix else None,  # the frame-rate label
         out_channels=vae_config.latent_channels,
         time_embed_dim=cfg.time_embed_dim,
         text_embed_dim=text_dim,
@@ -150,7 +161,11 @@ def train(cfg: DiTTrainConfig) -> Path:
     logger = MetricLogger(out)
     progress = Progress(start, cfg.steps, "dit", cfg.progress)
     averager = Averager()
-    dataset = WorldClips(cfg.seed, cfg.num_frames, cfg.height, cfg.width)
+    if cfg.task_mix:
+        dataset = TaskMixClips(cfg.seed, cfg.num_frames, cfg.height, cfg.width, cfg.task_mix, cfg.extend_frames,
+                               cfg.interp_fps, cfg.base_fps, cfg.context_dropout)
+    else:
+        dataset = WorldClips(cfg.seed, cfg.num_frames, cfg.height, cfg.width)
     # A checkpoint always falls on a batch boundary (validate: echo divides ckpt_every), so data_position counts
     # batches * batch_size and a resume starts a fresh batch.
     loader = make_loader(dataset, first_sample, -(-(cfg.steps - start) // cfg.echo), cfg.batch_size,
@@ -163,10 +178,11 @@ def train(cfg: DiTTrainConfig) -> Path:
         clock = SectionClock(device, enabled=step % cfg.log_every == 0 and repeat == 0)
         if repeat == 0:
             latents, captions = encode_batch(cfg, step, batch, vae, device, amp)
+            condition = context_batch(cfg, step, batch, vae, device, amp) if cfg.task_mix else None
         clock.lap("time/vae_ms")
         x0, context = latents, caption_states(cfg, step, captions, text_encoder)
         clock.lap("time/text_ms")
-        metrics = train_step(cfg, step, x0, context, forward, model, opt, ab, device, amp)
+        metrics = train_step(cfg, step, x0, context, forward, model, opt, ab, device, amp, condition)
         clock.lap("time/step_ms")
         ema.update(model)
         clock.lap("time/ema_ms")
@@ -230,15 +246,39 @@ def echoed(loader, echo: int, num_steps: int):
 
 
 def load_start_weights(model: CogVideoXTransformer, folder: str) -> None:
+    """Load `folder`'s transformer; a plain text-to-video start for a masked-context model is widened first."""
     path = Path(folder)
     if not (path / "config.json").is_file():
         raise VidFusionError(f"init_from={folder} is not a transformer folder (no config.json); pass e.g. "
                              f"runs/dit/export/transformer")
     start = TransformerConfig.from_dict(read_json(path / "config.json"))
-    if start != model.config:
+    state = read_state_dict(path)
+    widened = dataclasses.replace(start, in_channels=model.config.in_channels,
+                                  ofs_embed_dim=model.config.ofs_embed_dim)
+    if start != model.config and widened == model.config and start.in_channels < model.config.in_channels:
+        state = widen_start_weights(model, state)
+    elif start != model.config:
         raise VidFusionError(f"init_from={folder} has a different transformer config than this run; use the shape "
                              f"settings of the run that exported it")
-    load_weights(model, read_state_dict(path), path)
+    load_weights(model, state, path)
+
+
+def widen_start_weights(model: CogVideoXTransformer, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A text-to-video state dict -> one for `model` with more input channels and a frame-rate embedding, such that
+    the widened model computes exactly what the start model did while the context is empty: the new input channels
+    get zero weights, and the frame-rate embedding's last layer is zero, so it adds nothing until it learns to."""
+    state = dict(state)
+    own = model.state_dict()
+    key = "patch_embed.proj.weight"
+    old = state[key]
+    new = torch.zeros_like(own[key], dtype=old.dtype)
+    new[:, : old.shape[1]] = old
+    state[key] = new
+    for name, tensor in own.items():
+        if name.startswith("ofs_embedding.") and name not in state:
+            zero = name.startswith("ofs_embedding.linear_2.")
+            state[name] = torch.zeros_like(tensor) if zero else tensor.detach().clone()
+    return state
 
 
 @torch.no_grad()
@@ -252,6 +292,19 @@ def encode_batch(cfg: DiTTrainConfig, step: int, batch: dict, vae, device: torch
 
 
 @torch.no_grad()
+def context_batch(cfg: DiTTrainConfig, step: int, batch: dict, vae, device: torch.device,
+                  amp: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """The masked-context inputs of a task-mix batch: context latents [B, F, C, h, w], mask [B, F], fps [B]."""
+    x = to_model_range(batch["video"], device)
+    known = batch["known"].to(device)
+    generator = step_generator(cfg.seed, step, CONTEXT_STREAM, device)
+    sigmas = image_noise_sigmas(x.shape[0], generator).to(device) if cfg.context_noise else None
+    with autocast(device, amp):
+        latents, mask = encode_context(vae, x, known, sigmas, generator)
+    return {"latents": latents.float(), "mask": mask.float(), "fps": batch["fps"].to(device, torch.float32)}
+
+
+@torch.no_grad()
 def caption_states(cfg: DiTTrainConfig, step: int, captions: list[str], text_encoder: TextEncoder) -> torch.Tensor:
     """Text states [B, L, D] with this step's dropout (captions replaced by "")."""
     drop = torch.rand(len(captions), generator=step_generator(cfg.seed, step, DROPOUT_STREAM)) < cfg.text_dropout
@@ -261,13 +314,17 @@ def caption_states(cfg: DiTTrainConfig, step: int, captions: list[str], text_enc
 
 def train_step(cfg: DiTTrainConfig, step: int, x0: torch.Tensor, context: torch.Tensor, forward, model,
                opt: torch.optim.Optimizer, ab: torch.Tensor, device: torch.device,
-               amp: torch.dtype | None) -> dict[str, torch.Tensor]:
+               amp: torch.dtype | None, condition: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     generator = step_generator(cfg.seed, step, NOISE_STREAM, device)
     t = torch.randint(0, SCHEDULE.num_train_timesteps, (x0.shape[0],), generator=generator, device=device)
     noise = torch.randn(x0.shape, generator=generator, device=device)
     x_t = add_noise(ab, x0, noise, t)
     with autocast(device, amp):
-        v_pred = forward(x_t, context, t)
+        if condition is None:
+            v_pred = forward(x_t, context, t)
+        else:
+            x_in = model_input(x_t, condition["latents"], condition["mask"])
+            v_pred = forward(x_in, context, t, condition["fps"])
     loss = F.mse_loss(v_pred.float(), v_target(ab, x0, noise, t))
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -288,9 +345,17 @@ def sample_videos(cfg: DiTTrainConfig, components: Components, prompts: list[str
              cfg.width // spatial)
     generator = torch.Generator("cpu").manual_seed(cfg.sample_seed)
     latents = initial_noise(shape, generator, device, torch.float32)
+    model_fn = None
+    if cfg.task_mix:  # text-to-video samples: empty context at the base frame rate
+        empty = torch.zeros(shape[:2], device=device)
+
+        def model_fn(x: torch.Tensor, c: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            blank = torch.zeros_like(x)
+            return components.transformer(model_input(x, blank, empty[:1].expand(x.shape[0], -1)), c, t,
+                                          ofs=cfg.base_fps)
     with autocast(device, amp):
         latents = denoise(components, latents, context, cfg.sample_steps, cfg.sample_guidance, "ddim",
-                          generator=generator, progress=False)
+                          generator=generator, progress=False, model_fn=model_fn)
     return decode(components, latents.float()).float()
 
 

@@ -1,0 +1,82 @@
+"""Frame interpolation x4 (x16, x64 by repeating) with a masked-context model (Video LDM's T -> 4T, seed 003).
+
+One pass predicts three frames between each pair of key frames. The model's clip of T = 17 frames holds 5 key frames
+(every 4th frame known, mask 1/4 per latent; pipelines/masked_context.py) at 4x the input frame rate, which it gets
+as its frame-rate label, as in training (training/task_mix.py, "interpolate"). A longer video is cut into windows of
+5 keys that share their end keys; a short last window is padded by holding its last key, and the padding is cut off.
+The key frames themselves are copied into the output unchanged: they are known, and re-rendering them through the
+VAE would only blur them. x16 runs x4 twice, the second time on the x4 result at 4x the frame rate.
+
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from tqdm.auto import tqdm
+
+from vidfusion.errors import VidFusionError
+from vidfusion.io.pretrained import Components
+from vidfusion.pipelines.masked_context import Context, check_context_model, generate_with_context
+from vidfusion.pipelines.text_to_video import T2VRequest, resolve_size
+
+STEP = 4  # frames per key interval after one pass
+
+
+def check_factor(factor: int) -> int:
+    """The number of x4 passes for `factor` (4, 16, 64 ...)."""
+    passes, value = 0, factor
+    while value > 1 and value % STEP == 0:
+        value //= STEP
+        passes += 1
+    if value != 1 or passes == 0:
+        raise VidFusionError(f"-x {factor} is not a power of 4; use 4, 16 or 64")
+    return passes
+
+
+def interpolated_length(num_frames: int, factor: int) -> int:
+    return (num_frames - 1) * factor + 1
+
+
+def interpolate_x4(
+    components: Components, video: torch.Tensor, request: T2VRequest, fps: float, context_scale: float = 1.0,
+    progress: bool = True,
+) -> torch.Tensor:
+    """video [N, 3, H, W] in [-1, 1] at `fps` -> [4(N - 1) + 1, 3, H, W] at 4 * fps; key frames copied exactly."""
+    check_context_model(components, "frame interpolation")
+    chunk, height, width = resolve_size(components.transformer.config, replace(request, num_frames=None))
+    keys_per_window = (chunk - 1) // STEP + 1
+    n = video.shape[0]
+    if video.ndim != 4 or tuple(video.shape[1:]) != (3, height, width):
+        raise VidFusionError(f"the video to interpolate has shape {list(video.shape)}; resize it to [N, 3, {height}, "
+                             f"{width}]")
+    if n < 2:
+        raise VidFusionError(f"the video has {n} frame; interpolation needs at least 2")
+    video = video.float().cpu()
+    out = torch.empty(interpolated_length(n, STEP), 3, height, width)
+    windows = range(0, n - 1, keys_per_window - 1)
+    for w, first in enumerate(tqdm(windows, desc=f"x4 at {4 * fps:g} fps", disable=not progress, unit="window")):
+        index = torch.arange(first, first + keys_per_window).clamp(max=n - 1)  # hold the last key past the end
+        frames = torch.zeros(chunk, 3, height, width)
+        frames[::STEP] = video[index]
+        known = torch.zeros(chunk, dtype=torch.bool)
+        known[::STEP] = True
+        window_request = replace(request, num_frames=chunk, seed=request.seed + w)
+        made = generate_with_context(components, window_request, Context(frames, known, 4 * fps, context_scale),
+                                     progress=False)
+        start = first * STEP
+        stop = min(start + chunk, out.shape[0])
+        out[start:stop] = made[: stop - start]
+    out[::STEP] = video  # the keys exactly
+    return out
+
+
+def interpolate(
+    components: Components, video: torch.Tensor, factor: int, request: T2VRequest, fps: float,
+    context_scale: float = 1.0, progress: bool = True,
+) -> torch.Tensor:
+    """video [N, 3, H, W] in [-1, 1] at `fps` -> [(N - 1) * factor + 1, 3, H, W] at factor * fps."""
+    for i in range(check_factor(factor)):
+        video = interpolate_x4(components, video, request, fps * STEP**i, context_scale, progress)
+    return video
