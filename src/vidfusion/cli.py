@@ -10,9 +10,14 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vidfusion.errors import VidFusionError
+
+if TYPE_CHECKING:
+    from vidfusion.models.transformer import TransformerConfig
 
 SHIPPED_MODEL = Path(__file__).parent / "weights" / "tiny-t2v"
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
@@ -41,14 +46,16 @@ def _model_folder(arg: str | None) -> Path:
     return Path(arg)
 
 
-def cmd_generate(args: argparse.Namespace) -> None:
+def cmd_generate(args: argparse.Namespace) -> int | None:
     from vidfusion.io.checkpoint import read_json
     from vidfusion.io.pretrained import load_pretrained, read_defaults
     from vidfusion.io.video import output_format, write_video
-    from vidfusion.models.transformer import TransformerConfig
+    from vidfusion.models.transformer import TransformerConfig, set_attention_backend
+    from vidfusion.parallel import destroy_distributed, init_distributed, make_parallel_groups, parallelize
     from vidfusion.pipelines.text_to_video import T2VRequest, check_request, sampling_default, text_to_video
 
     start = time.perf_counter()
+    set_attention_backend(args.attention)  # an unknown name fails now
     output_format(args.output)  # an unsupported -o fails now, not after sampling
     model = _model_folder(args.model)
     device, dtype = _device_and_dtype(args.device, args.dtype)
@@ -62,8 +69,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         sampler=args.sampler, seed=args.seed, freeinit=_freeinit_settings(args),
     )
     # Validate against the config alone so that bad input fails before the (slow) weight load.
-    frames, height, width = check_request(TransformerConfig.from_dict(read_json(model / "transformer" / "config.json")),
-                                          request)
+    config = TransformerConfig.from_dict(read_json(model / "transformer" / "config.json"))
+    frames, height, width = check_request(config, request)
     if args.length is not None:
         from vidfusion.pipelines.long_video import check_context_frames
 
@@ -72,28 +79,94 @@ def cmd_generate(args: argparse.Namespace) -> None:
         from vidfusion.pipelines.image_to_video import load_image
 
         image = load_image(args.image)  # an unreadable image fails before the weight load too
-    components = load_pretrained(model, device=device, dtype=dtype)
-    from vidfusion.pipelines.masked_context import is_context_model
-
-    if is_context_model(components):
-        from vidfusion.cli_context import generate_from_context
-
-        video = generate_from_context(args, components, request, image if args.image is not None else None)
-        frames = video.shape[0]
-    elif args.length is not None or args.context_guidance != 1.0:
+    processes = _process_count(args.gpus, args.device)
+    # The same test as masked_context.is_context_model, from the configs alone.
+    context_model = config.in_channels == 2 * read_json(model / "vae" / "config.json")["latent_channels"] + 1
+    if not context_model and (args.length is not None or args.context_guidance != 1.0):
         raise VidFusionError("--length and --context-guidance need a masked-context model (the shipped tiny model "
                              "or one trained with task_mix); this model has no context input")
-    elif args.image is not None:
-        from vidfusion.pipelines.image_to_video import image_to_video
+    degrees = _parallel_degrees(config, processes, guided=guidance > 1.0 and not context_model)
+    if processes > 1 and "WORLD_SIZE" not in os.environ:
+        return _torchrun(processes, args.argv)  # input was checked above, once, before N processes start
 
-        video = image_to_video(components, request, image, progress=not args.quiet)
-    else:
-        video = text_to_video(components, request, progress=not args.quiet)
-    write_video(video, args.output, fps=fps)
-    elapsed = time.perf_counter() - start
-    passes = f", FreeInit {request.freeinit.passes} passes" if request.freeinit else ""
-    print(f"wrote {args.output} ({frames} frames, {height}x{width}, {steps} steps{passes}, seed {args.seed}) "
-          f"in {elapsed:.1f} s")
+    state = init_distributed(use_cuda=device.type == "cuda")  # under torchrun; else a world of one, nothing started
+    try:
+        if state.world_size > 1:
+            device = state.device  # cuda:LOCAL_RANK
+            args.quiet = args.quiet or not state.is_main  # one progress bar
+        components = load_pretrained(model, device=device, dtype=dtype)
+        state = make_parallel_groups(state, *degrees)
+        wrap = partial(parallelize, components.transformer, state) if state.world_size > 1 else None
+        if context_model:
+            from vidfusion.cli_context import generate_from_context
+
+            # Sequence parallel only (see _parallel_degrees): it lives inside the transformer, so every
+            # masked-context path (--image, --length) runs in parallel without a model_fn hook.
+            parallelize(components.transformer, state)
+            video = generate_from_context(args, components, request, image if args.image is not None else None)
+            frames = video.shape[0]
+        elif args.image is not None:
+            from vidfusion.pipelines.image_to_video import image_to_video
+
+            video = image_to_video(components, request, image, progress=not args.quiet, wrap_model_fn=wrap)
+        else:
+            video = text_to_video(components, request, progress=not args.quiet, wrap_model_fn=wrap)
+        if state.is_main:  # every rank holds the same video
+            write_video(video, args.output, fps=fps)
+            elapsed = time.perf_counter() - start
+            passes = f", FreeInit {request.freeinit.passes} passes" if request.freeinit else ""
+            on = f", {state.world_size} processes (CFG x sequence {degrees[0]} x {degrees[1]})" if processes > 1 else ""
+            print(f"wrote {args.output} ({frames} frames, {height}x{width}, {steps} steps{passes}, seed {args.seed}"
+                  f"{on}) in {elapsed:.1f} s")
+    finally:
+        destroy_distributed()
+    return None
+
+
+def _process_count(gpus: int | None, device: str) -> int:
+    """How many processes sample: torchrun's WORLD_SIZE when it launched us, else --gpus."""
+    world = os.environ.get("WORLD_SIZE")
+    if world is not None and gpus not in (None, int(world)):
+        raise VidFusionError(f"--gpus {gpus} but torchrun started {world} processes; drop --gpus under torchrun")
+    processes = int(world) if world is not None else (gpus or 1)
+    if processes < 1:
+        raise VidFusionError(f"--gpus {gpus} must be at least 1")
+    if processes > 1 and device.startswith("cuda:"):
+        raise VidFusionError(f"--device {device} with {processes} processes: each takes cuda:LOCAL_RANK; "
+                             f"use --device cuda")
+    return processes
+
+
+def _parallel_degrees(config: TransformerConfig, processes: int, guided: bool) -> tuple[int, int]:
+    """(CFG, sequence-parallel) degrees. CFG parallel needs a [negative; positive] batch. A masked-context model's
+    loop batches 1 to 3 branches (negative text, positive text, no context), which two ranks cannot always split
+    evenly, so the caller passes guided=False for it: sequence parallel only, which splits the tokens of any batch."""
+    from vidfusion.parallel import parallel_degrees
+
+    if processes == 1:
+        return 1, 1
+    cfg, sp = parallel_degrees(processes, guided)
+    heads = config.num_attention_heads
+    if heads % sp:
+        fits = [n for n in range(2, 17) if heads % parallel_degrees(n, guided)[1] == 0]
+        raise VidFusionError(f"{processes} processes shard the sequence {sp} ways, which does not divide this "
+                             f"model's {heads} attention heads; use --gpus {' or '.join(map(str, fits[:4])) or 1}")
+    return cfg, sp
+
+
+def _torchrun(processes: int, argv: list[str]) -> int:
+    """Run this same command as `processes` torchrun workers on this machine; their exit code."""
+    import subprocess
+
+    # Drop --gpus: the workers read WORLD_SIZE (an abbreviated --gpu N still passes, as it equals WORLD_SIZE).
+    child, skip = [], False
+    for arg in argv:
+        if not skip and arg != "--gpus" and not arg.startswith("--gpus="):
+            child.append(arg)
+        skip = arg == "--gpus" and not skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+               "-m", "vidfusion.cli", *child]
+    return subprocess.run(command, check=False).returncode
 
 
 FREEINIT_FLAGS = {"freeinit_filter": "filter", "freeinit_ds": "d_s", "freeinit_dt": "d_t",
@@ -231,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     gen.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    gen.add_argument("--gpus", type=int, default=None, metavar="N",
+                     help="sample on N GPUs (CPU processes without CUDA) through torchrun: CFG x sequence parallel")
+    gen.add_argument("--attention", default="auto", metavar="NAME",
+                     help="SDPA kernel: auto, cudnn, flash, efficient or math (default auto)")
     gen.add_argument("--freeinit", type=int, default=None, metavar="N",
                      help="FreeInit with N sampling passes (3 is typical; each pass costs a full sampling run)")
     gen.add_argument("--freeinit-filter", default=None, choices=["butterworth", "gaussian", "ideal", "box"],
@@ -306,8 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     debug = args.traceback or os.environ.get("VIDFUSION_DEBUG") == "1"
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # generate --gpus N re-runs the command under torchrun
     try:
-        args.func(args)
+        code = args.func(args)
     except VidFusionError as e:
         if debug:
             raise
@@ -316,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vidfusion: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

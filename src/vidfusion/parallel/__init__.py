@@ -5,6 +5,8 @@ Typical use in a sampling script launched with `torchrun --nproc-per-node N`:
     state = init_distributed()
     state = make_parallel_groups(state, *parallel_degrees(state.world_size, guided=True))
     model_fn = parallelize(transformer, state)   # model_fn(x, context, t), for denoise(..., model_fn=model_fn)
+
+`vidfusion generate --gpus N` does this for the pipelines (cli.cmd_generate; docs/inference.md).
 """
 
 from __future__ import annotations

@@ -37,18 +37,21 @@ class ParallelState:
         return self.rank == 0
 
 
-def init_distributed(backend: str | None = None, init_method: str | None = None) -> ParallelState:
+def init_distributed(
+    backend: str | None = None, init_method: str | None = None, use_cuda: bool | None = None
+) -> ParallelState:
     """Start the default process group from torchrun's env vars (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 
-    Without them (a plain `python ...` run) nothing is started and a world of one is returned. backend: nccl when
-    CUDA is available, else gloo. Each rank uses cuda:LOCAL_RANK. init_method overrides env:// (tests use file://).
+    Without them (a plain `python ...` run) nothing is started and a world of one is returned. use_cuda (None: when
+    CUDA is available) puts each rank on cuda:LOCAL_RANK, else on the CPU. backend: nccl on CUDA, else gloo.
+    init_method overrides env:// (tests use file://).
     """
+    use_cuda = torch.cuda.is_available() if use_cuda is None else use_cuda
     if "WORLD_SIZE" not in os.environ:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return ParallelState(rank=0, world_size=1, local_rank=0, device=device)
+        return ParallelState(rank=0, world_size=1, local_rank=0, device=torch.device("cuda" if use_cuda else "cpu"))
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    if torch.cuda.is_available():
+    if use_cuda:
         if local_rank >= torch.cuda.device_count():
             raise VidFusionError(
                 f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPUs; "

@@ -36,6 +36,7 @@ from vidfusion.io.video import read_image
 from vidfusion.models.vae import CogVideoXVAE, VAEConfig, latent_num_frames
 from vidfusion.pipelines.text_to_video import (
     VAE_SPATIAL,
+    ModelFnWrapper,
     T2VRequest,
     check_request,
     decode,
@@ -130,9 +131,12 @@ def check_image_request(components: Components, request: T2VRequest) -> tuple[in
 
 
 def image_to_video_latents(
-    components: Components, request: T2VRequest, image: ImageLike, progress: bool | str = True
+    components: Components, request: T2VRequest, image: ImageLike, progress: bool | str = True,
+    wrap_model_fn: ModelFnWrapper | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Sampled latents [1, F, C, h, w] (scaled, with any front frames added for patch_size_t) and that extra count."""
+    """Sampled latents [1, F, C, h, w] (scaled, with any front frames added for patch_size_t) and that extra count.
+
+    wrap_model_fn gets the model_fn that adds the image latents (so CFG parallel splits the batch before them)."""
     frames, height, width = check_image_request(components, request)
     pixels = preprocess_image(load_image(image), height, width)
     transformer = components.transformer
@@ -153,6 +157,8 @@ def image_to_video_latents(
         cond = image_latents.expand(x.shape[0], -1, -1, -1, -1)  # the uncond half sees the image too
         return transformer(torch.cat([x, cond], dim=2), ctx, t, ofs=ofs)
 
+    if wrap_model_fn is not None:
+        model_fn = wrap_model_fn(model_fn)
     sampler = request.sampler or components.default_sampler
 
     def sample(x: torch.Tensor, num_steps: int, label: str) -> torch.Tensor:
@@ -166,8 +172,9 @@ def image_to_video_latents(
 
 
 def image_to_video(
-    components: Components, request: T2VRequest, image: ImageLike, progress: bool | str = True
+    components: Components, request: T2VRequest, image: ImageLike, progress: bool | str = True,
+    wrap_model_fn: ModelFnWrapper | None = None,
 ) -> torch.Tensor:
     """One video [T, 3, H, W] in [-1, 1] (float32, on CPU) whose first frame follows `image`."""
-    latents, extra = image_to_video_latents(components, request, image, progress)
+    latents, extra = image_to_video_latents(components, request, image, progress, wrap_model_fn)
     return decode(components, latents, extra)[0].transpose(0, 1).float().cpu()

@@ -41,6 +41,8 @@ from vidfusion.io.pretrained import Components
 from vidfusion.models.vae import CogVideoXVAE
 from vidfusion.pipelines.text_to_video import (
     VAE_SPATIAL,
+    ModelFn,
+    ModelFnWrapper,
     T2VRequest,
     check_request,
     decode,
@@ -137,9 +139,16 @@ def denoise_with_context(
     components: Components, latents: torch.Tensor, text: torch.Tensor, context_latents: torch.Tensor,
     mask: torch.Tensor, fps: float, num_steps: int, guidance_scale: float, context_scale: float, sampler_name: str,
     dynamic_cfg: bool = False, generator: torch.Generator | None = None, progress: bool | str = True,
+    model_fn: ModelFn | None = None,
 ) -> torch.Tensor:
-    """The sampling loop with text and context guidance. `text` is [negative; positive] when guidance_scale > 1."""
+    """The sampling loop with text and context guidance. `text` is [negative; positive] when guidance_scale > 1.
+
+    `model_fn(x, texts, t)` replaces the plain transformer call (which passes ofs=fps). It gets all active branches
+    in one batch of 1 to 3, so a CFG-parallel wrapper fits only a batch of exactly 2 (text guidance on, context
+    guidance off); `vidfusion generate` uses sequence parallel instead, which lives inside the transformer and
+    splits any batch."""
     transformer = components.transformer
+    model_fn = model_fn or (lambda x, c, t: transformer(x, c, t, ofs=fps))
     text_guided = guidance_scale > 1.0
     context_guided = context_scale != 1.0 and bool(mask.any())
     no_context, no_mask = torch.zeros_like(context_latents), torch.zeros_like(mask)
@@ -155,7 +164,7 @@ def denoise_with_context(
     dtype = latents.dtype
     for t in sampler.timesteps:
         x = model_input(latents.expand(n, -1, -1, -1, -1), contexts, masks)
-        v = transformer(x, texts, t.expand(n).to(x.device), ofs=fps).float()
+        v = model_fn(x, texts, t.expand(n).to(x.device)).float()
         parts = list(v.chunk(n))
         v_uncond = parts.pop(0) if text_guided else None
         v_full = parts.pop(0)
@@ -173,9 +182,12 @@ def denoise_with_context(
 
 
 def generate_with_context(
-    components: Components, request: T2VRequest, context: Context, progress: bool | str = True
+    components: Components, request: T2VRequest, context: Context, progress: bool | str = True,
+    wrap_model_fn: ModelFnWrapper | None = None,
 ) -> torch.Tensor:
-    """One video [T, 3, H, W] in [-1, 1] (float32, CPU), conditioned on the prompt and the known frames."""
+    """One video [T, 3, H, W] in [-1, 1] (float32, CPU), conditioned on the prompt and the known frames.
+
+    wrap_model_fn gets the loop's model_fn(x, texts, t) (see denoise_with_context for what CFG parallel needs)."""
     check_context_model(components, "generation from context frames")
     conditioned = context.known is not None and bool(context.known.any())
     frames, height, width = check_request(components.transformer.config, request, allow_empty_prompt=conditioned)
@@ -206,11 +218,14 @@ def generate_with_context(
     shape = (1, latent_frames, transformer.config.out_channels, height // VAE_SPATIAL, width // VAE_SPATIAL)
     latents = initial_noise(shape, generator, device, dtype)
     sampler = request.sampler or components.default_sampler
+    model_fn = None
+    if wrap_model_fn is not None:
+        model_fn = wrap_model_fn(lambda x, c, t: transformer(x, c, t, ofs=context.fps))
 
     def sample(x: torch.Tensor, num_steps: int, label: str) -> torch.Tensor:
         return denoise_with_context(components, x, text, context_latents, mask, context.fps, num_steps,
                                     request.guidance_scale, context.guidance_scale, sampler, request.dynamic_cfg,
-                                    generator, label if progress else False)
+                                    generator, label if progress else False, model_fn)
 
     if request.freeinit is None:
         latents = sample(latents, request.num_steps, progress if isinstance(progress, str) else "sampling")

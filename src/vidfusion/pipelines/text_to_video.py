@@ -9,6 +9,10 @@ functions that the other pipelines (FreeInit, image-to-video, extension) reuse:
 - `denoise` is the sampling loop (guidance, dynamic CFG, sampler state);
 - `decode` unscales latents and runs the VAE.
 
+`denoise` calls the transformer through `model_fn(x, context, t)`; the pipelines take `wrap_model_fn`, which gets
+their own model_fn and returns the one to sample with (multi-GPU: `functools.partial(vidfusion.parallel.parallelize,
+transformer, state)`). Without it they sample exactly as before.
+
 `T2VRequest.freeinit` (None: off) runs the sampling loop through `diffusion.freeinit.freeinit_sample`, which calls
 `denoise` once per pass; pass 0 is the plain loop on the same noise, so one pass gives the plain result bit for bit.
 
@@ -35,6 +39,9 @@ from vidfusion.models.vae import latent_num_frames
 VAE_SPATIAL = 8
 # CogVideoX's own sampling settings, used when neither the user nor the model folder names one.
 FALLBACK_DEFAULTS = {"num_steps": 50, "guidance_scale": 6.0, "fps": 8}
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, context, t) -> v
+ModelFnWrapper = Callable[[ModelFn], ModelFn]
 
 
 def sampling_default(model_defaults: dict, key: str, value=None):
@@ -123,7 +130,7 @@ def denoise(
     dynamic_cfg: bool = False,
     generator: torch.Generator | None = None,
     progress: bool | str = True,
-    model_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    model_fn: ModelFn | None = None,
 ) -> torch.Tensor:
     """Run the sampler from `latents` [B, F, C, h, w]. `context` is [negative; positive] when guidance_scale > 1.
 
@@ -159,13 +166,15 @@ def decode(components: Components, latents: torch.Tensor, extra_frames: int = 0)
     return components.vae.decode(z).clamp(-1, 1)
 
 
-def text_to_video(components: Components, request: T2VRequest, progress: bool = True) -> torch.Tensor:
-    """One video [T, 3, H, W] in [-1, 1] (float32, on CPU)."""
+def text_to_video(
+    components: Components, request: T2VRequest, progress: bool = True, wrap_model_fn: ModelFnWrapper | None = None
+) -> torch.Tensor:
+    """One video [T, 3, H, W] in [-1, 1] (float32, on CPU). wrap_model_fn: see the module docstring."""
     from vidfusion.pipelines.masked_context import Context, generate_with_context, is_context_model
 
     if is_context_model(components):  # a masked-context model makes text-to-video from an empty context
         context = Context(None, None, fps=float(components.defaults.get("fps", FALLBACK_DEFAULTS["fps"])))
-        return generate_with_context(components, request, context, progress)
+        return generate_with_context(components, request, context, progress, wrap_model_fn)
     frames, height, width = check_request(components.transformer.config, request)
     transformer = components.transformer
     device, dtype = next(transformer.parameters()).device, next(transformer.parameters()).dtype
@@ -179,9 +188,15 @@ def text_to_video(components: Components, request: T2VRequest, progress: bool = 
     latents = initial_noise(shape, generator, device, dtype)
     sampler = request.sampler or components.default_sampler
 
+    def model_fn(x: torch.Tensor, ctx: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return transformer(x, ctx, t)
+
+    if wrap_model_fn is not None:
+        model_fn = wrap_model_fn(model_fn)
+
     def sample(x: torch.Tensor, num_steps: int, label: str) -> torch.Tensor:
         return denoise(components, x, context, num_steps, request.guidance_scale, sampler, request.dynamic_cfg,
-                       generator, label if progress else False)
+                       generator, label if progress else False, model_fn=model_fn)
 
     if request.freeinit is None:
         latents = sample(latents, request.num_steps, "sampling")
