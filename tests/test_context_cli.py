@@ -82,3 +82,15 @@ def test_context_commands_refuse_a_plain_model(tmp_path, capsys):
     assert main(["generate", "a red circle", "--model", str(tmp_path / "m"), "--length", "17", "-o",
                  f"{tmp_path}/z.mp4"]) == 2
     assert "masked-context model" in capsys.readouterr().err
+
+
+def test_context_guidance_comes_from_the_flag_else_the_model_else_off():
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    from vidfusion.cli_context import _context_guidance
+
+    tuned = SimpleNamespace(defaults={"context_guidance": 2.0})
+    assert _context_guidance(Namespace(context_guidance=None), tuned) == 2.0
+    assert _context_guidance(Namespace(context_guidance=1.5), tuned) == 1.5
+    assert _context_guidance(Namespace(context_guidance=None), SimpleNamespace(defaults={})) == 1.0

@@ -82,7 +82,7 @@ def cmd_generate(args: argparse.Namespace) -> int | None:
     processes = _process_count(args.gpus, args.device)
     # The same test as masked_context.is_context_model, from the configs alone.
     context_model = config.in_channels == 2 * read_json(model / "vae" / "config.json")["latent_channels"] + 1
-    if not context_model and (args.length is not None or args.context_guidance != 1.0):
+    if not context_model and (args.length is not None or args.context_guidance is not None):
         raise VidFusionError("--length and --context-guidance need a masked-context model (the shipped tiny model "
                              "or one trained with task_mix); this model has no context input")
     degrees = _parallel_degrees(config, processes, guided=guidance > 1.0 and not context_model)
@@ -288,8 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "models such as the shipped one)")
     gen.add_argument("--context-frames", type=int, default=5, metavar="K",
                      help="with --length: frames of context per chunk, 4s + 1 (default 5)")
-    gen.add_argument("--context-guidance", type=float, default=1.0, metavar="S",
-                     help="context guidance scale for masked-context models; 1 disables")
+    gen.add_argument("--context-guidance", type=float, default=None, metavar="S",
+                     help="context guidance scale for masked-context models; 1 disables (default: the model's, "
+                          "2 for the shipped one)")
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--frames", type=int, default=None, help="4k+1 frames (default: the model's trained length)")
     gen.add_argument("--height", type=int, default=None)

@@ -35,6 +35,12 @@ def _read_video_for(components, path: str, max_frames: int | None = None):
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0, fps
 
 
+def _context_guidance(args: argparse.Namespace, components) -> float:
+    from vidfusion.pipelines.text_to_video import sampling_default
+
+    return float(sampling_default(components.defaults, "context_guidance", args.context_guidance))
+
+
 def _request(args: argparse.Namespace, components, prompt: str):
     from vidfusion.pipelines.text_to_video import T2VRequest, sampling_default
 
@@ -52,6 +58,7 @@ def generate_from_context(args: argparse.Namespace, components, request, image):
     from vidfusion.pipelines.text_to_video import resolve_size, sampling_default
 
     fps = float(sampling_default(components.defaults, "fps"))
+    args.context_guidance = _context_guidance(args, components)
     if args.length is not None:
         if image is not None:
             raise VidFusionError("--image with --length is not supported yet; make the first chunk with --image, "
@@ -79,7 +86,7 @@ def cmd_extend(args: argparse.Namespace) -> None:
     request = _request(args, components, args.prompt)
     length = args.length if args.length is not None else video.shape[0] + args.add
     out, joins = long_video(components, request, length, start=video, context_frames=args.context_frames,
-                            context_scale=args.context_guidance, progress=not args.quiet)
+                            context_scale=_context_guidance(args, components), progress=not args.quiet)
     write_video(out, args.output, fps=fps or float(components.defaults.get("fps", 8)))
     print(f"wrote {args.output} ({video.shape[0]} + {out.shape[0] - video.shape[0]} frames, chunks joined at "
           f"{joins}) in {time.perf_counter() - start:.1f} s")
@@ -96,7 +103,7 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     video, fps = _read_video_for(components, args.video)
     fps = args.fps or fps or float(components.defaults.get("fps", 8))
     out = interpolate(components, video, args.x, _request(args, components, args.prompt), fps,
-                      args.context_guidance, progress=not args.quiet)
+                      _context_guidance(args, components), progress=not args.quiet)
     write_video(out, args.output, fps=fps * args.x)
     print(f"wrote {args.output} ({video.shape[0]} -> {out.shape[0]} frames, {fps:g} -> {fps * args.x:g} fps) in "
           f"{time.perf_counter() - start:.1f} s")
@@ -108,7 +115,8 @@ def cmd_eval_context(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     components = _components(args)
-    common = dict(seed=args.seed, steps=args.steps, guidance=args.guidance, context_scale=args.context_guidance,
+    common = dict(seed=args.seed, steps=args.steps, guidance=args.guidance,
+                  context_scale=_context_guidance(args, components),
                   progress=not args.quiet)
     if args.eval_command == "i2v":
         result = context_eval.evaluate_i2v(components, n=args.n, **common)
@@ -146,8 +154,9 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model folder (default: the shipped tiny model)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="text guidance scale (default: the model's)")
-    p.add_argument("--context-guidance", type=float, default=1.0, metavar="S",
-                   help="context guidance scale; 1 disables (costs one more model call per step when on)")
+    p.add_argument("--context-guidance", type=float, default=None, metavar="S",
+                   help="context guidance scale; 1 disables (default: the model's, else 1; one more model call per "
+                        "step when on)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -38,7 +38,7 @@ from vidfusion.models.vae import latent_num_frames
 
 VAE_SPATIAL = 8
 # CogVideoX's own sampling settings, used when neither the user nor the model folder names one.
-FALLBACK_DEFAULTS = {"num_steps": 50, "guidance_scale": 6.0, "fps": 8}
+FALLBACK_DEFAULTS = {"num_steps": 50, "guidance_scale": 6.0, "fps": 8, "context_guidance": 1.0}
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, context, t) -> v
 ModelFnWrapper = Callable[[ModelFn], ModelFn]
