@@ -20,23 +20,15 @@ from vidfusion.parallel import (
     parallelize,
 )
 
+from test_fused_ops import randomize  # noqa: E402  (the same random weights as the fused-op tests)
+
 TOL = 1e-5
 
 
 @torch.no_grad()
 def random_model(like: str, seed: int, **overrides) -> CogVideoXTransformer:
     """Random weights everywhere (LayerNorm affines and biases too), identical on every rank for the same seed."""
-    model = CogVideoXTransformer(tiny_config(like, **overrides)).eval()
-    g = torch.Generator().manual_seed(seed)
-    for name, t in model.state_dict().items():
-        r = torch.randn(t.shape, generator=g)
-        if "norm" in name and name.endswith("weight"):
-            t.copy_(1 + 0.3 * r)
-        elif name.endswith("bias"):
-            t.copy_(0.3 * r)
-        else:
-            t.copy_(r / t[0].numel() ** 0.5)
-    return model
+    return randomize(CogVideoXTransformer(tiny_config(like, **overrides)).eval(), seed)
 
 
 def inputs(model: CogVideoXTransformer, frames: int, height: int, width: int, text_len: int, seed: int = 0):
