@@ -94,3 +94,18 @@ def test_context_guidance_comes_from_the_flag_else_the_model_else_off():
     assert _context_guidance(Namespace(context_guidance=None), tuned) == 2.0
     assert _context_guidance(Namespace(context_guidance=1.5), tuned) == 1.5
     assert _context_guidance(Namespace(context_guidance=None), SimpleNamespace(defaults={})) == 1.0
+
+
+def test_generate_step_cache_flag(model, tmp_path, capsys):
+    def run(*flags):
+        out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        assert main(["generate", "a red circle", "--model", str(model), "--steps", "4", "-o", f"{out}/", "-q",
+                     *flags]) == 0
+        return frames_of(out)
+
+    exact = run()
+    assert np.array_equal(run("--step-cache", "0"), exact)  # threshold 0 never skips
+    assert not np.array_equal(run("--step-cache", "1e9"), exact)  # every step after the first reuses blocks 1..
+    assert main(["generate", "a red circle", "--model", str(model), "--step-cache", "0.1", "--gpus", "2",
+                 "-o", f"{tmp_path}/x.mp4"]) == 2
+    assert "--step-cache 0.1 needs one process" in capsys.readouterr().err

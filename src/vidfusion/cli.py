@@ -80,6 +80,9 @@ def cmd_generate(args: argparse.Namespace) -> int | None:
 
         image = load_image(args.image)  # an unreadable image fails before the weight load too
     processes = _process_count(args.gpus, args.device)
+    if args.step_cache is not None and (processes > 1 or args.step_cache < 0):
+        raise VidFusionError(f"--step-cache {args.step_cache} needs one process and a threshold >= 0 (0.1 is "
+                             f"typical); drop --gpus or --step-cache")
     # The same test as masked_context.is_context_model, from the configs alone.
     context_model = config.in_channels == 2 * read_json(model / "vae" / "config.json")["latent_channels"] + 1
     if not context_model and (args.length is not None or args.context_guidance is not None):
@@ -95,6 +98,10 @@ def cmd_generate(args: argparse.Namespace) -> int | None:
             device = state.device  # cuda:LOCAL_RANK
             args.quiet = args.quiet or not state.is_main  # one progress bar
         components = load_pretrained(model, device=device, dtype=dtype)
+        if args.step_cache is not None:
+            from vidfusion.models.step_cache import FirstBlockCache
+
+            components.transformer.step_cache = FirstBlockCache(args.step_cache)
         state = make_parallel_groups(state, *degrees)
         wrap = partial(parallelize, components.transformer, state) if state.world_size > 1 else None
         if context_model:
@@ -307,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     gen.add_argument("--gpus", type=int, default=None, metavar="N",
                      help="sample on N GPUs (CPU processes without CUDA) through torchrun: CFG x sequence parallel")
+    gen.add_argument("--step-cache", type=float, default=None, metavar="T",
+                     help="approximate: skip blocks 1.. on steps where block 0's residual changed by less than T "
+                          "(relative L1; first-block cache, see benchmarks/bench_step_cache.py for the quality cost)")
     gen.add_argument("--attention", default="auto", metavar="NAME",
                      help="SDPA kernel: auto, cudnn, flash, efficient or math (default auto)")
     gen.add_argument("--freeinit", type=int, default=None, metavar="N",

@@ -36,6 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vidfusion.errors import VidFusionError
 from vidfusion.io.config import config_from_dict
+from vidfusion.models.step_cache import FirstBlockCache
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Config
@@ -529,6 +530,8 @@ class CogVideoXTransformer(nn.Module):
         self.gradient_checkpointing = False
         # Set by vidfusion.parallel.enable_sequence_parallel: shards the tokens over ranks (Ulysses).
         self.sequence_parallel: SequenceParallel | None = None
+        # Opt-in sampling approximation that may skip blocks 1.. (see vidfusion.models.step_cache); None = exact.
+        self.step_cache: FirstBlockCache | None = None
         self._pos_cache: dict[tuple, Any] = {}
 
     def forward(
@@ -557,16 +560,22 @@ class CogVideoXTransformer(nn.Module):
         sp = self.sequence_parallel
         attn_fn = attention
         if sp is not None:
+            if self.step_cache is not None:
+                # Each rank would decide on its own shard, and ranks that disagree would deadlock in attention.
+                raise VidFusionError("step_cache cannot run with sequence parallel; set step_cache=None or use 1 GPU")
             ctx, vid, rope = sp.shard(ctx, vid, rope)
             attn_fn = sp.attention
         if rope is not None:
             rope = with_text_identity(rope, ctx.shape[1])
 
-        for block in self.transformer_blocks:
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                vid, ctx = checkpoint(block, vid, ctx, temb, rope, attn_fn, use_reentrant=False)
-            else:
-                vid, ctx = block(vid, ctx, temb, rope, attn_fn)
+        if self.step_cache is not None:
+            vid, ctx = self.step_cache.run(x.shape, self.transformer_blocks, vid, ctx, temb, rope, attn_fn)
+        else:
+            for block in self.transformer_blocks:
+                if self.gradient_checkpointing and torch.is_grad_enabled():
+                    vid, ctx = checkpoint(block, vid, ctx, temb, rope, attn_fn, use_reentrant=False)
+                else:
+                    vid, ctx = block(vid, ctx, temb, rope, attn_fn)
 
         vid = self.proj_out(self.norm_out(self.norm_final(vid), temb))
         if sp is not None:
