@@ -83,8 +83,9 @@ def cmd_generate(args: argparse.Namespace) -> int | None:
     if args.step_cache is not None and (processes > 1 or args.step_cache < 0):
         raise VidFusionError(f"--step-cache {args.step_cache} needs one process and a threshold >= 0 (0.1 is "
                              f"typical); drop --gpus or --step-cache")
-    # The same test as masked_context.is_context_model, from the configs alone.
-    context_model = config.in_channels == 2 * read_json(model / "vae" / "config.json")["latent_channels"] + 1
+    from vidfusion.pipelines.masked_context import is_context_config
+
+    context_model = is_context_config(config, read_json(model / "vae" / "config.json")["latent_channels"])
     if not context_model and (args.length is not None or args.context_guidance is not None):
         raise VidFusionError("--length and --context-guidance need a masked-context model (the shipped tiny model "
                              "or one trained with task_mix); this model has no context input")

@@ -58,20 +58,20 @@ def generate_from_context(args: argparse.Namespace, components, request, image):
     from vidfusion.pipelines.text_to_video import resolve_size, sampling_default
 
     fps = float(sampling_default(components.defaults, "fps"))
-    args.context_guidance = _context_guidance(args, components)
+    context_scale = _context_guidance(args, components)
     if args.length is not None:
         if image is not None:
             raise VidFusionError("--image with --length is not supported yet; make the first chunk with --image, "
                                  "then `vidfusion extend` it")
         video, _ = long_video(components, request, args.length, context_frames=args.context_frames,
-                              context_scale=args.context_guidance, fps=fps, progress=not args.quiet)
+                              context_scale=context_scale, fps=fps, progress=not args.quiet)
         return video
     if image is not None:
         frames, height, width = resolve_size(components.transformer.config, request)
         pixels = preprocess_image(image, height, width)[0]
-        context = first_frame_context(pixels, frames, fps, args.context_guidance)
+        context = first_frame_context(pixels, frames, fps, context_scale)
     else:
-        context = Context(None, None, fps, args.context_guidance)
+        context = Context(None, None, fps, context_scale)
     return generate_with_context(components, request, context, progress=not args.quiet)
 
 

@@ -116,11 +116,12 @@ def evaluate_long(components: Components, n: int = 20, chunks_x: int = 10, split
     for part in ("first", "last"):
         table[part] = {k: _mean(r[part][k] for r in rows) for k in ADHERENCE_KEYS}
         table[part]["mean"] = _mean(table[part][k] for k in ADHERENCE_KEYS)
+    border, inside = _mean(r["border_change"] for r in rows), _mean(r["inside_change"] for r in rows)
     return {
         "adherence": table,
-        "border_change": _mean(r["border_change"] for r in rows),
-        "inside_change": _mean(r["inside_change"] for r in rows),
-        "seam_ratio": _mean(r["border_change"] for r in rows) / max(_mean(r["inside_change"] for r in rows), 1e-6),
+        "border_change": border,
+        "inside_change": inside,
+        "seam_ratio": border / max(inside, 1e-6),
         "rows": rows,
         "videos": videos,
         "settings": {"n": n, "frames": chunks_x * t, "split": split, "seed": seed, "context_frames": context_frames,

@@ -38,6 +38,7 @@ from vidfusion.diffusion.guidance import dynamic_cfg_scale
 from vidfusion.diffusion.samplers import make_sampler
 from vidfusion.errors import VidFusionError
 from vidfusion.io.pretrained import Components
+from vidfusion.models.transformer import TransformerConfig
 from vidfusion.models.vae import CogVideoXVAE
 from vidfusion.pipelines.text_to_video import (
     VAE_SPATIAL,
@@ -54,8 +55,13 @@ from vidfusion.pipelines.text_to_video import (
 DEFAULT_FPS = 8.0
 
 
+def is_context_config(transformer_config: TransformerConfig, latent_channels: int) -> bool:
+    """[noisy, context, mask] input: 2C + 1 channels (readable from config.json before any weights load)."""
+    return transformer_config.in_channels == 2 * latent_channels + 1
+
+
 def is_context_model(components: Components) -> bool:
-    return components.transformer.config.in_channels == 2 * components.vae.config.latent_channels + 1
+    return is_context_config(components.transformer.config, components.vae.config.latent_channels)
 
 
 def check_context_model(components: Components, what: str) -> None:
