@@ -115,6 +115,12 @@ def main() -> None:
                         help="same: diffusers runs under the same SDPA kernel choice as ours; default: PyTorch's")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models (fullgraph for ours)")
     parser.add_argument("--no-diffusers", action="store_true")
+    parser.add_argument("--fp8", action="store_true",
+                        help="ours with e4m3 linear layers in its blocks (models/fp8.py); diffusers stays bf16, so the "
+                             "relative error is fp8's cost")
+    parser.add_argument("--skipped-step", action="store_true",
+                        help="also time a step that the first-block cache skips (blocks 1.. replaced by the cached "
+                             "residual): the cost of a cache hit")
     parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
     args = parser.parse_args()
 
@@ -145,20 +151,45 @@ def main() -> None:
         "config": "tiny-" + args.config if args.tiny else args.config,
         "latents": [latent_f, latent_h, latent_w], "text_tokens": text_tokens, "tokens": video_tokens + text_tokens,
         "batch": batch, "dtype": str(dtype).removeprefix("torch."), "attention": args.attention,
-        "compile": args.compile, "steps": args.steps, "warmup": args.warmup, "flops_per_step": flops,
+        "compile": args.compile, "fp8": args.fp8, "steps": args.steps, "warmup": args.warmup, "flops_per_step": flops,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
     }
     print(json.dumps({k: result[k] for k in ("config", "latents", "tokens", "dtype", "attention", "compile", "device")}))
 
     with torch.no_grad():
+        state = {k: v.cpu() for k, v in ours.state_dict().items()}  # diffusers gets the bf16 weights, also with --fp8
+        if args.fp8:
+            from vidfusion.models.fp8 import convert_to_fp8
+
+            exact = ours(x, context, t).float()  # eager bf16: the reference for fp8's own error
+            result["fp8_layers"] = len(convert_to_fp8(ours))
         run_ours = torch.compile(ours, fullgraph=True) if args.compile else ours
         result["ours"], out_ours = measure("ours", lambda: run_ours(x, context, t), args, flops, device)
+        result["ours_finite"] = bool(out_ours.isfinite().all())
+        if args.fp8:
+            result["fp8_rel_err_vs_bf16"] = float((out_ours - exact).abs().max() / exact.abs().max())
+            result["fp8_rel_fro_err_vs_bf16"] = float((out_ours - exact).norm() / exact.norm())
+            print(f"fp8 vs bf16: max relative error {result['fp8_rel_err_vs_bf16']:.2e}, "
+                  f"Frobenius {result['fp8_rel_fro_err_vs_bf16']:.2e}, finite {result['ours_finite']}")
+            del exact
+        if args.skipped_step:
+            from vidfusion.models.step_cache import FirstBlockCache
+
+            # The cache branches on the host, so compile the blocks, not the forward. The same input every call
+            # leaves block 0's residual unchanged: after the first (full) call every call is a hit.
+            if args.compile:
+                for block in ours.transformer_blocks:
+                    block.compile(fullgraph=True)
+            ours.step_cache = FirstBlockCache(threshold=float("inf"))
+            result["ours_skipped_step"], _ = measure("skipped", lambda: ours(x, context, t), args, flops, device)
+            result["ours_skipped_step"]["hits"] = ours.step_cache.hits
+            result["ours_skipped_step"]["calls"] = ours.step_cache.calls
+            ours.step_cache = None
 
         if not args.no_diffusers:
             import diffusers
             from diffusers import CogVideoXTransformer3DModel
 
-            state = {k: v.cpu() for k, v in ours.state_dict().items()}
             del ours, run_ours
             with torch.device(device):
                 ref = CogVideoXTransformer3DModel.from_config(config.to_dict()).to(dtype).eval()

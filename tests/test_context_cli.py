@@ -96,7 +96,7 @@ def test_context_guidance_comes_from_the_flag_else_the_model_else_off():
     assert _context_guidance(Namespace(context_guidance=None), SimpleNamespace(defaults={})) == 1.0
 
 
-def test_generate_step_cache_flag(model, tmp_path, capsys):
+def test_generate_step_cache_and_fp8_flags(model, tmp_path, capsys):
     def run(*flags):
         out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
         assert main(["generate", "a red circle", "--model", str(model), "--steps", "4", "-o", f"{out}/", "-q",
@@ -106,6 +106,10 @@ def test_generate_step_cache_flag(model, tmp_path, capsys):
     exact = run()
     assert np.array_equal(run("--step-cache", "0"), exact)  # threshold 0 never skips
     assert not np.array_equal(run("--step-cache", "1e9"), exact)  # every step after the first reuses blocks 1..
+    # fp8 block linears (inner dim 32, MLP 128: all multiples of 16, so all convert): close to exact, not equal
+    fp8 = run("--fp8").astype(float)
+    assert not np.array_equal(fp8, exact)
+    assert np.abs(fp8 - exact).mean() < 0.1 * np.abs(exact.astype(float) - exact.mean()).mean()
     assert main(["generate", "a red circle", "--model", str(model), "--step-cache", "0.1", "--gpus", "2",
                  "-o", f"{tmp_path}/x.mp4"]) == 2
     assert "--step-cache 0.1 needs one process" in capsys.readouterr().err

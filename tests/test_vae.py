@@ -253,3 +253,53 @@ def test_decoder_widths_extension_stays_out_of_standard_configs():
     assert VAEConfig.from_dict(wide.to_dict()) == wide and wide.decoder_channels == (16, 32)
     with pytest.raises(VidFusionError, match="one width per level"):
         VAEConfig(decoder_block_out_channels=(64, 64))
+
+
+@torch.no_grad()
+def test_fused_norms_equal_the_module_path(pair):
+    """fuse_norms routes every norm -> SiLU -> causal conv through norm_silu_pad (compiled on the GPU); run eagerly
+    here, encode and decode must equal the unfused modules, across chunk borders (carried conv caches) and in
+    tiles."""
+    _, ours = pair
+    x = _video(17, height=32, width=48)
+    z = torch.randn(1, 4, 7, 4, 6, generator=torch.Generator().manual_seed(3))
+    want_moments, want_video = ours.encode(x).mean, ours.decode(z)
+    ours.enable_tiling(**TILING)
+    want_tiled = ours.decode(torch.randn(1, 4, 3, 12, 14, generator=torch.Generator().manual_seed(4)))
+    try:
+        ours.fuse_norms(compile=False)
+        got_tiled = ours.decode(torch.randn(1, 4, 3, 12, 14, generator=torch.Generator().manual_seed(4)))
+        ours.disable_tiling()
+        got_moments, got_video = ours.encode(x).mean, ours.decode(z)
+    finally:
+        ours.fuse_norms(enabled=False)
+        ours.disable_tiling()
+    assert _max_diff(got_moments, want_moments) < TOL
+    assert _max_diff(got_video, want_video) < TOL
+    assert _max_diff(got_tiled, want_tiled) < TOL
+    assert all(m.fuse is None for m in ours.modules() if hasattr(m, "fuse"))
+
+
+def test_norm_silu_pad_values():
+    """The fused function against F.group_norm, the nearest-resized spatial modulation, SiLU and the time padding."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 5, 6, 4, generator=g) * 3 + 1
+    weight, bias = torch.rand(8, generator=g) + 0.5, torch.randn(8, generator=g)
+    scale, shift = torch.randn(2, 8, 3, 3, 2, generator=g), torch.randn(2, 8, 3, 3, 2, generator=g)
+    past = torch.randn(2, 8, 2, 6, 4, generator=g)
+    normed = torch.nn.functional.group_norm(x, 4, weight, bias, 1e-6)
+    # 5 frames from 3 latents: frame 0 apart, then each latent frame twice; space x2 nearest
+    index = torch.tensor([0, 1, 1, 2, 2])
+    up = lambda t: t[:, :, index].repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)  # noqa: E731
+    want = torch.nn.functional.silu(normed * up(scale) + up(shift))
+    mean, rstd = vae_module.group_norm_stats(x, 4, 1e-6)
+    grouped = x.reshape(2, 4, -1).double()
+    assert torch.allclose(mean.double(), grouped.mean(-1), atol=1e-5)
+    assert torch.allclose(rstd.double(), 1 / (grouped.var(-1, unbiased=False) + 1e-6).sqrt(), rtol=1e-4)
+    got = vae_module.norm_silu_pad(x, mean, rstd, weight, bias, scale, shift, past, time_pad=2)
+    assert got.shape == (2, 8, 7, 6, 4)
+    assert _max_diff(got[:, :, 2:], want) < 1e-5
+    assert torch.equal(got[:, :, :2], past)
+    first = vae_module.norm_silu_pad(x, mean, rstd, weight, bias, time_pad=2)  # no past: frame 0 repeated
+    assert _max_diff(first[:, :, 0], first[:, :, 2]) == 0 and _max_diff(first[:, :, 1], first[:, :, 2]) == 0
+    assert _max_diff(first[:, :, 2:], torch.nn.functional.silu(normed)) < 1e-5

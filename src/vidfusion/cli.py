@@ -103,6 +103,10 @@ def cmd_generate(args: argparse.Namespace) -> int | None:
             from vidfusion.models.step_cache import FirstBlockCache
 
             components.transformer.step_cache = FirstBlockCache(args.step_cache)
+        if args.fp8:
+            from vidfusion.models.fp8 import convert_to_fp8
+
+            convert_to_fp8(components.transformer)  # after the dtype cast: .to(dtype) would cast fp8 buffers too
         state = make_parallel_groups(state, *degrees)
         wrap = partial(parallelize, components.transformer, state) if state.world_size > 1 else None
         if context_model:
@@ -318,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--step-cache", type=float, default=None, metavar="T",
                      help="approximate: skip blocks 1.. on steps where block 0's residual changed by less than T "
                           "(relative L1; first-block cache, see benchmarks/bench_step_cache.py for the quality cost)")
+    gen.add_argument("--fp8", action="store_true",
+                     help="approximate: e4m3 linear layers in the transformer blocks (fast on Hopper GPUs; see "
+                          "docs/inference.md for the quality cost)")
     gen.add_argument("--attention", default="auto", metavar="NAME",
                      help="SDPA kernel: auto, cudnn, flash, efficient or math (default auto)")
     gen.add_argument("--freeinit", type=int, default=None, metavar="N",

@@ -36,6 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vidfusion.errors import VidFusionError
 from vidfusion.io.config import config_from_dict
+from vidfusion.models.fp8 import Fp8Linear, fp8_linear
 from vidfusion.models.step_cache import FirstBlockCache
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -275,17 +276,24 @@ def layer_norm_modulate(x: torch.Tensor, norm: nn.LayerNorm, shift: torch.Tensor
 
 
 def qkv_projection(
-    h: torch.Tensor, to_q: nn.Linear, to_k: nn.Linear, to_v: nn.Linear, heads: int
+    h: torch.Tensor, to_q: nn.Linear | Fp8Linear, to_k: nn.Linear | Fp8Linear, to_v: nn.Linear | Fp8Linear, heads: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v [B, heads, S, hd] from h [B, S, D] with one matmul.
 
     The weights are concatenated on every call rather than stored fused, so the checkpoint keys to_q/to_k/to_v stay
     as they are and there is no cache to invalidate. By a bandwidth estimate the copy is ~0.1% of a 480p 5B forward on
-    an H100 (inductor's freezing mode can constant-fold it).
+    an H100 (inductor's freezing mode can constant-fold it). Layers converted by vidfusion.models.fp8 fuse the same
+    way: their per-output-channel scales concatenate like the weights, so one fp8 GEMM equals the three.
     """
-    weight = torch.cat([to_q.weight, to_k.weight, to_v.weight])
     bias = torch.cat([to_q.bias, to_k.bias, to_v.bias]) if to_q.bias is not None else None
-    qkv = rearrange(F.linear(h, weight, bias), "b s (three n d) -> three b n s d", three=3, n=heads)
+    if isinstance(to_q, Fp8Linear):
+        weight = torch.cat([to_q.weight_fp8, to_k.weight_fp8, to_v.weight_fp8])
+        scale = torch.cat([to_q.weight_scale, to_k.weight_scale, to_v.weight_scale], dim=1)
+        out = fp8_linear(h, weight, scale, bias)
+    else:
+        weight = torch.cat([to_q.weight, to_k.weight, to_v.weight])
+        out = F.linear(h, weight, bias)
+    qkv = rearrange(out, "b s (three n d) -> three b n s d", three=3, n=heads)
     return qkv[0], qkv[1], qkv[2]
 
 

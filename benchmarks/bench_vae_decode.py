@@ -1,0 +1,133 @@
+"""Speed and peak memory of CogVideoX VAE decoding: ours (eager, fused norms compiled) against diffusers.
+
+Both VAEs get the same random weights (ours is built with a fixed seed, diffusers loads its state_dict); nothing is
+downloaded. On the GPU machine (diffusers carried as a wheel):
+
+    python benchmarks/bench_vae_decode.py --json bench_vae.json
+
+Defaults: the CogVideoX-5B VAE config, 13 x 60 x 90 latents (49 frames at 480 x 720), bf16 on CUDA. On CPU (fp32) use
+--tiny, a tiny config of the same kind, to check that the script runs:
+
+    python benchmarks/bench_vae_decode.py --tiny --runs 1
+
+Reported per variant: median seconds over --runs timed decodes after one untimed one (compile time falls there and
+is reported apart), peak allocated memory during the timed decodes (CUDA; weights and latents included), and the error
+against an fp32 decode with the same weights, max|x - x_fp32| / max|x_fp32|. Our eager bf16 decode's own error is the
+bf16 tolerance the other variants are read against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+from vidfusion.io.checkpoint import write_json
+from vidfusion.models.vae import VAE_PRESETS, CogVideoXVAE, tiny_random_config
+
+
+def timed(fn, runs: int, device: torch.device) -> tuple[float, float, float, torch.Tensor]:
+    """(median seconds, first-call seconds, peak GiB over the timed calls, last output)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    out = fn()
+    sync()
+    first = time.perf_counter() - start
+    del out
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(runs):
+        sync()
+        start = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return statistics.median(times), first, peak, out
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    if x.shape != ref.shape:  # diffusers' tiling crops tiny inputs to another size
+        return float("nan")
+    return ((x.float() - ref).abs().max() / ref.abs().max()).item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="cogvideox-5b", choices=[k for k in VAE_PRESETS if k.startswith("cogvideox")])
+    parser.add_argument("--tiny", action="store_true", help="tiny config and small latents (CPU check)")
+    parser.add_argument("--latent-frames", type=int, default=13)
+    parser.add_argument("--height", type=int, default=480, help="pixel height (latents are height / 8)")
+    parser.add_argument("--width", type=int, default=720)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-diffusers", action="store_true")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled fused variant")
+    parser.add_argument("--json", metavar="OUT")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    config = tiny_random_config() if args.tiny else VAE_PRESETS[args.config]
+    frames, height, width = (3, 32, 48) if args.tiny else (args.latent_frames, args.height, args.width)
+    torch.manual_seed(0)
+    vae = CogVideoXVAE(config).eval()
+    z = torch.randn(1, config.latent_channels, frames, height // 8, width // 8, generator=torch.Generator().manual_seed(0))
+    results: dict = {"config": "tiny" if args.tiny else args.config, "latents": list(z.shape), "dtype": str(dtype),
+                     "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "variants": {}}
+
+    def record(name: str, seconds: float, first: float, peak: float, err: float) -> None:
+        results["variants"][name] = {"seconds": seconds, "first_call_seconds": first, "peak_gib": peak, "rel_err": err}
+        print(f"{name:24s} {seconds:8.3f} s   first call {first:7.1f} s   peak {peak:6.2f} GiB   err vs fp32 {err:.2e}",
+              flush=True)
+
+    with torch.no_grad():
+        vae.to(device, torch.float32)
+        reference = vae.decode(z.to(device)).float()
+        if device.type == "cuda":  # the fp32 reference waits on the CPU so it does not count in the peaks below
+            reference = reference.cpu()
+        vae.to(device, dtype)
+        zd = z.to(device, dtype)
+        ref_dev = reference.to(device)
+        seconds, first, peak, out = timed(lambda: vae.decode(zd), args.runs, device)
+        record("ours eager", seconds, first, peak, rel_err(out, ref_dev))
+        del out
+        if not args.no_compile:
+            vae.fuse_norms(compile=True)
+            seconds, first, peak, out = timed(lambda: vae.decode(zd), args.runs, device)
+            record("ours fused (compiled)", seconds, first, peak, rel_err(out, ref_dev))
+            del out
+            vae.fuse_norms(enabled=False)
+        state = vae.state_dict()
+        del vae
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if not args.no_diffusers:
+            from diffusers import AutoencoderKLCogVideoX
+
+            keys = {k: v for k, v in config.to_dict().items() if k != "decoder_block_out_channels"}
+            theirs = AutoencoderKLCogVideoX(**keys)
+            theirs.load_state_dict(state, strict=True)
+            theirs.to(device, dtype).eval()
+            seconds, first, peak, out = timed(lambda: theirs.decode(zd).sample, args.runs, device)
+            record("diffusers", seconds, first, peak, rel_err(out, ref_dev))
+            del out
+            theirs.enable_tiling()
+            seconds, first, peak, out = timed(lambda: theirs.decode(zd).sample, args.runs, device)
+            record("diffusers tiled", seconds, first, peak, rel_err(out, ref_dev))
+    if args.json:
+        write_json(args.json, results)
+
+
+if __name__ == "__main__":
+    main()
