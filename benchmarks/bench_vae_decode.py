@@ -56,6 +56,43 @@ def timed(fn, runs: int, device: torch.device) -> tuple[float, float, float, tor
     return statistics.median(times), first, peak, out
 
 
+def memory_breakdown(vae: CogVideoXVAE, z: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Per decoder stage (conv_in, mid block, each up block's resnets and upsampler), over all time chunks: the peak
+    allocated while it ran and the memory allocated when it started (weights, the chunk's input, and every causal
+    conv's cached frames from the previous chunk), in GiB."""
+    stages = {"conv_in": vae.decoder.conv_in, "mid": vae.decoder.mid_block}
+    for i, block in enumerate(vae.decoder.up_blocks):
+        stages.update({f"up{i}.res{j}": r for j, r in enumerate(block.resnets)})
+        if block.upsamplers is not None:
+            stages[f"up{i}.upsample"] = block.upsamplers[0]
+    seen: dict[str, dict[str, float]] = {}
+
+    def before(name):
+        def hook(module, args):
+            torch.cuda.synchronize()
+            entry = seen.setdefault(name, {"peak_gib": 0.0, "at_start_gib": 0.0})
+            entry["at_start_gib"] = max(entry["at_start_gib"], torch.cuda.memory_allocated() / 2**30)
+            torch.cuda.reset_peak_memory_stats()
+        return hook
+
+    def after(name):
+        def hook(module, args, out):
+            torch.cuda.synchronize()
+            seen[name]["peak_gib"] = max(seen[name]["peak_gib"], torch.cuda.max_memory_allocated() / 2**30)
+        return hook
+
+    handles = [h for name, m in stages.items()
+               for h in (m.register_forward_pre_hook(before(name)), m.register_forward_hook(after(name)))]
+    try:
+        vae.decode(z)
+    finally:
+        for h in handles:
+            h.remove()
+    for name, entry in seen.items():
+        print(f"  {name:14s} peak {entry['peak_gib']:6.2f} GiB   allocated at start {entry['at_start_gib']:6.2f} GiB")
+    return seen
+
+
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     if x.shape != ref.shape:  # diffusers' tiling crops tiny inputs to another size
         return float("nan")
@@ -72,6 +109,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-diffusers", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled fused variant")
+    parser.add_argument("--memory-breakdown", action="store_true",
+                        help="CUDA: print each decoder stage's peak and what was allocated when it started (fused "
+                             "compiled variant)")
     parser.add_argument("--json", metavar="OUT")
     args = parser.parse_args()
 
@@ -106,6 +146,8 @@ def main() -> None:
             seconds, first, peak, out = timed(lambda: vae.decode(zd), args.runs, device)
             record("ours fused (compiled)", seconds, first, peak, rel_err(out, ref_dev))
             del out
+            if args.memory_breakdown and device.type == "cuda":
+                results["memory_breakdown"] = memory_breakdown(vae, zd)
             vae.fuse_norms(enabled=False)
         state = vae.state_dict()
         del vae
