@@ -14,7 +14,6 @@ same exact videos (on a CPU the fp8 GEMMs are emulated by torch, so only the qua
 import argparse
 import time
 
-import torch
 
 from vidfusion.cli import SHIPPED_MODEL
 from vidfusion.data.world import scene_and_caption

@@ -4,12 +4,14 @@ Both VAEs get the same random weights (ours is built with a fixed seed, diffuser
 downloaded. On the GPU machine (diffusers carried as a wheel):
 
     python benchmarks/bench_vae_decode.py --json bench_vae.json
+    python benchmarks/bench_vae_decode.py --no-diffusers --memory-breakdown   # peak per decoder stage
 
 Defaults: the CogVideoX-5B VAE config, 13 x 60 x 90 latents (49 frames at 480 x 720), bf16 on CUDA. On CPU (fp32) use
 --tiny, a tiny config of the same kind, to check that the script runs:
 
     python benchmarks/bench_vae_decode.py --tiny --runs 1
 
+Variants: ours eager, ours with fuse_norms() (compiled), the same tiled, diffusers and diffusers tiled.
 Reported per variant: median seconds over --runs timed decodes after one untimed one (compile time falls there and
 is reported apart), peak allocated memory during the timed decodes (CUDA; weights and latents included), and the error
 against an fp32 decode with the same weights, max|x - x_fp32| / max|x_fp32|. Our eager bf16 decode's own error is the
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import statistics
 import time
@@ -148,9 +149,16 @@ def main() -> None:
             del out
             if args.memory_breakdown and device.type == "cuda":
                 results["memory_breakdown"] = memory_breakdown(vae, zd)
+            # diffusers' spatial tiling (tiles of half the sample size, blended): lower memory, but per-tile
+            # GroupNorm statistics and the blending change the result
+            vae.enable_tiling()
+            seconds, first, peak, out = timed(lambda: vae.decode(zd), args.runs, device)
+            record("ours fused + tiled", seconds, first, peak, rel_err(out, ref_dev))
+            del out
+            vae.disable_tiling()
             vae.fuse_norms(enabled=False)
         state = vae.state_dict()
-        del vae
+        vae = None  # free it before diffusers loads
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
