@@ -102,7 +102,8 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="cogvideox-5b", choices=[k for k in VAE_PRESETS if k.startswith("cogvideox")])
+    presets = [k for k in VAE_PRESETS if k.startswith("cogvideox")]
+    parser.add_argument("--config", default="cogvideox-5b", choices=presets)
     parser.add_argument("--tiny", action="store_true", help="tiny config and small latents (CPU check)")
     parser.add_argument("--latent-frames", type=int, default=13)
     parser.add_argument("--height", type=int, default=480, help="pixel height (latents are height / 8)")
@@ -122,7 +123,8 @@ def main() -> None:
     frames, height, width = (3, 32, 48) if args.tiny else (args.latent_frames, args.height, args.width)
     torch.manual_seed(0)
     vae = CogVideoXVAE(config).eval()
-    z = torch.randn(1, config.latent_channels, frames, height // 8, width // 8, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1, config.latent_channels, frames, height // 8, width // 8, generator=g)
     results: dict = {"config": "tiny" if args.tiny else args.config, "latents": list(z.shape), "dtype": str(dtype),
                      "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "variants": {}}
 
