@@ -19,7 +19,7 @@ from vidfusion.data.world import sample
 from vidfusion.diffusion.prediction import add_noise, v_target
 from vidfusion.diffusion.schedule import alphas_cumprod
 from vidfusion.io.pretrained import load_pretrained
-from vidfusion.pipelines.masked_context import DEFAULT_FPS, is_context_model, model_input
+from vidfusion.pipelines.masked_context import empty_context_model_fn, is_context_model
 
 SWAPS = {
     "motion": [("right", "left"), ("left", "right"), ("upward", "downward"), ("downward", "upward"),
@@ -64,11 +64,7 @@ def main() -> None:
     counts = {k: kinds.count(k) for k in SWAPS}
     print(f"{len(clips)} clips: {counts}; loss(swapped) - loss(true), mean over clips, per timestep")
 
-    def predict(x_t: torch.Tensor, text: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if is_context_model(components):  # nothing known: zero context and mask, the generation frame rate
-            empty = torch.zeros_like(x_t)
-            return components.transformer(model_input(x_t, empty, empty[:, :, 0, 0, 0]), text, t, ofs=DEFAULT_FPS)
-        return components.transformer(x_t, text, t)
+    predict = empty_context_model_fn(components) if is_context_model(components) else components.transformer
 
     for t in args.timesteps:
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(t))

@@ -48,7 +48,7 @@ from vidfusion.evaluation.temporal import flow_metrics, frame_consistency, frame
 from vidfusion.io.checkpoint import read_json, write_json
 from vidfusion.io.pretrained import Components, load_pretrained
 from vidfusion.io.video import to_uint8_frames
-from vidfusion.pipelines.masked_context import DEFAULT_FPS, is_context_model, model_input
+from vidfusion.pipelines.masked_context import empty_context_model_fn, is_context_model
 from vidfusion.pipelines.text_to_video import (
     decode,
     denoise,
@@ -82,13 +82,8 @@ def generate_batch(components: Components, prompts: list[str], seeds: list[int],
     noise = torch.cat([initial_noise(shape, torch.Generator("cpu").manual_seed(s), device, dtype) for s in seeds])
     generator = torch.Generator("cpu").manual_seed(batch_seed)
 
-    model_fn = None
-    if is_context_model(components):
-        # A masked-context model with nothing known: what text_to_video runs for it (zero context and mask, the
-        # generation frame rate on the ofs embedding).
-        def model_fn(x: torch.Tensor, c: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            empty = torch.zeros_like(x)
-            return transformer(model_input(x, empty, empty[:, :, 0, 0, 0]), c, t, ofs=DEFAULT_FPS)
+    # A masked-context model samples text-to-video from an empty context, as text_to_video does for it.
+    model_fn = empty_context_model_fn(components) if is_context_model(components) else None
 
     def sample(x: torch.Tensor, steps: int, label: str) -> torch.Tensor:
         return denoise(components, x, context, steps, guidance, sampler, False, generator, False, model_fn)

@@ -18,13 +18,14 @@ from vidfusion.pipelines import interpolation, long_video
 from vidfusion.pipelines.masked_context import (
     Context,
     denoise_with_context,
+    empty_context_model_fn,
     encode_context,
     generate_with_context,
     hold_fill,
     latent_mask,
     model_input,
 )
-from vidfusion.pipelines.text_to_video import T2VRequest
+from vidfusion.pipelines.text_to_video import T2VRequest, decode, denoise, encode_prompts, initial_noise, text_to_video
 from vidfusion.training.train_dit import widen_start_weights
 
 TEXT_DIM, TEXT_LEN = 20, 7
@@ -174,6 +175,25 @@ def test_generate_with_context_uses_the_known_frames_and_checks_inputs():
                            COGVIDEOX_5B_SCHEDULE)
     with pytest.raises(VidFusionError, match="masked-context model"):
         generate_with_context(plain_t2v, request, Context(None, None), progress=False)
+
+
+def test_empty_context_model_fn_samples_what_text_to_video_does():
+    """Benchmarks that batch their own latents sample a masked-context model through empty_context_model_fn and the
+    plain loop; text_to_video goes through generate_with_context. Same video, and the frame rate label matters."""
+    components = context_components(seed=1)
+    request = T2VRequest("a red circle", num_steps=3, guidance_scale=4.0, seed=5)
+    want = text_to_video(components, request, progress=False)
+
+    def sample(defaults):
+        components.defaults = defaults
+        noise = initial_noise((1, 3, 4, 8, 8), torch.Generator("cpu").manual_seed(5), "cpu", torch.float32)
+        text = encode_prompts(components, [request.prompt], [""], True)
+        latents = denoise(components, noise, text, 3, 4.0, "ddim", progress=False,
+                          model_fn=empty_context_model_fn(components))
+        return decode(components, latents)[0].transpose(0, 1)
+
+    assert (sample({"fps": 8}) - want).abs().max() < 1e-5
+    assert (sample({"fps": 32}) - want).abs().max() > 1e-3  # ofs carries the model's generation fps
 
 
 # ------------------------------------------------------------------------------------------------ long videos

@@ -78,6 +78,7 @@ def generate_from_context(args: argparse.Namespace, components, request, image):
 def cmd_extend(args: argparse.Namespace) -> None:
     from vidfusion.io.video import output_format, write_video
     from vidfusion.pipelines.long_video import long_video
+    from vidfusion.pipelines.masked_context import generation_fps
 
     start = time.perf_counter()
     output_format(args.output)
@@ -87,7 +88,7 @@ def cmd_extend(args: argparse.Namespace) -> None:
     length = args.length if args.length is not None else video.shape[0] + args.add
     out, joins = long_video(components, request, length, start=video, context_frames=args.context_frames,
                             context_scale=_context_guidance(args, components), progress=not args.quiet)
-    write_video(out, args.output, fps=fps or float(components.defaults.get("fps", 8)))
+    write_video(out, args.output, fps=fps or generation_fps(components))
     print(f"wrote {args.output} ({video.shape[0]} + {out.shape[0] - video.shape[0]} frames, chunks joined at "
           f"{joins}) in {time.perf_counter() - start:.1f} s")
 
@@ -95,13 +96,14 @@ def cmd_extend(args: argparse.Namespace) -> None:
 def cmd_interpolate(args: argparse.Namespace) -> None:
     from vidfusion.io.video import output_format, write_video
     from vidfusion.pipelines.interpolation import check_factor, interpolate
+    from vidfusion.pipelines.masked_context import generation_fps
 
     start = time.perf_counter()
     output_format(args.output)
     check_factor(args.x)
     components = _components(args)
     video, fps = _read_video_for(components, args.video)
-    fps = args.fps or fps or float(components.defaults.get("fps", 8))
+    fps = args.fps or fps or generation_fps(components)
     out = interpolate(components, video, args.x, _request(args, components, args.prompt), fps,
                       _context_guidance(args, components), progress=not args.quiet)
     write_video(out, args.output, fps=fps * args.x)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from vidfusion.errors import VidFusionError
 from vidfusion.io.pretrained import Components
-from vidfusion.pipelines.masked_context import Context, check_context_model, generate_with_context
+from vidfusion.pipelines.masked_context import Context, check_context_model, generate_with_context, generation_fps
 from vidfusion.pipelines.text_to_video import T2VRequest, resolve_size
 
 DEFAULT_CONTEXT_FRAMES = 5
@@ -68,7 +68,7 @@ def long_video(
         raise VidFusionError(f"long videos are made in chunks of the model's {chunk_frames} frames; drop --frames "
                              f"and give the total as --length")
     check_context_frames(context_frames, chunk_frames)
-    fps = float(fps if fps is not None else components.defaults.get("fps", 8))
+    fps = float(fps if fps is not None else generation_fps(components))
     if start is not None:
         if start.ndim != 4 or tuple(start.shape[1:]) != (3, height, width):
             raise VidFusionError(f"the video to extend has shape {list(start.shape)}; resize it to [N, 3, {height}, "

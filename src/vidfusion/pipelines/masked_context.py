@@ -41,6 +41,7 @@ from vidfusion.io.pretrained import Components
 from vidfusion.models.transformer import TransformerConfig
 from vidfusion.models.vae import CogVideoXVAE
 from vidfusion.pipelines.text_to_video import (
+    FALLBACK_DEFAULTS,
     VAE_SPATIAL,
     ModelFn,
     ModelFnWrapper,
@@ -127,6 +128,23 @@ def model_input(x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> t
     b, f, _, h, w = x.shape
     m = mask.to(x.dtype).view(b, f, 1, 1, 1).expand(b, f, 1, h, w)
     return torch.cat([x, context.to(x.dtype), m], dim=2)
+
+
+def generation_fps(components: Components) -> float:
+    """The frame rate the model makes videos at (its frame-rate label for generation): the model folder's, else 8."""
+    return float(components.defaults.get("fps", FALLBACK_DEFAULTS["fps"]))
+
+
+def empty_context_model_fn(components: Components) -> ModelFn:
+    """model_fn(x, text, t) of a masked-context model with nothing known: zero context and mask at the generation
+    frame rate, what text-to-video samples with. For callers that batch their own latents (benchmarks)."""
+    transformer, fps = components.transformer, generation_fps(components)
+
+    def model_fn(x: torch.Tensor, text: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        empty = torch.zeros_like(x)
+        return transformer(model_input(x, empty, empty[:, :, 0, 0, 0]), text, t, ofs=fps)
+
+    return model_fn
 
 
 @dataclass

@@ -170,10 +170,10 @@ def text_to_video(
     components: Components, request: T2VRequest, progress: bool = True, wrap_model_fn: ModelFnWrapper | None = None
 ) -> torch.Tensor:
     """One video [T, 3, H, W] in [-1, 1] (float32, on CPU). wrap_model_fn: see the module docstring."""
-    from vidfusion.pipelines.masked_context import Context, generate_with_context, is_context_model
+    from vidfusion.pipelines.masked_context import Context, generate_with_context, generation_fps, is_context_model
 
     if is_context_model(components):  # a masked-context model makes text-to-video from an empty context
-        context = Context(None, None, fps=float(components.defaults.get("fps", FALLBACK_DEFAULTS["fps"])))
+        context = Context(None, None, fps=generation_fps(components))
         return generate_with_context(components, request, context, progress, wrap_model_fn)
     frames, height, width = check_request(components.transformer.config, request)
     transformer = components.transformer
