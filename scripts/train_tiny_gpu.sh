@@ -7,6 +7,8 @@
 #                                               # the DiT and stage C (decoder only, GAN) side by side on one GPU
 #   bash scripts/train_tiny_gpu.sh continue     # resume DiT + stage C; export both when their steps are done
 #   DIT_INIT=path bash scripts/train_tiny_gpu.sh dit-more   # a further DiT cycle from exported weights
+#   bash scripts/train_tiny_gpu.sh objfocus     # the shipped model trained further with object_weight (loss
+#                                               # weighted to the objects) + a decoder-only VAE stage; FINAL=1 ends
 #   bash scripts/train_tiny_gpu.sh taskmix      # masked-context DiT (T2V/I2V/extend/interpolate) widened from the
 #                                               # shipped transformer + a decoder-only VAE stage from the shipped VAE,
 #                                               # side by side; FINAL=1 on the last call sizes steps and exports
@@ -149,6 +151,43 @@ taskmix)
     plan snapshot $R/mix $R/mix_snapshot && bring_back mix_snapshot $R/mix_snapshot
   fi
   [ -d $R/vae_d/export/vae ] && bring_back vae_d $R/vae_d/export/vae
+  ;;
+objfocus)  # the shipped task-mix model trained further with object-weighted loss + decoder-only VAE, side by side
+  W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
+  OBJ_STEPS=${OBJ_STEPS:-6000}
+  VAE_E_STEPS=${VAE_E_STEPS:-4000}
+  minutes=$(python3 -c "print(($(left) - 60) / 60)")
+  if [ -n "${FINAL:-}" ]; then
+    OBJ_STEPS=$(plan fill $R/obj 64 $(($(left) - 75)))
+    VAE_E_STEPS=$(plan fill $R/vae_e 8 $(($(left) - 75)))
+    echo "final: object-weighted DiT to $OBJ_STEPS steps, VAE decoder to $VAE_E_STEPS steps"
+  fi
+  obj=(vae_path=$W/vae init_from=$W/transformer task_mix=${TASK_MIX:-0.3,0.2,0.25,0.25} echo=2 lr=${OBJ_LR:-1.5e-4}
+       warmup_steps=200 object_weight=${OBJECT_WEIGHT:-4} num_workers=11 export_dtype=bf16 sample_every=1000
+       ckpt_every=500)
+  ve=(preset=tiny $VAE_ARCH init_from=$W/vae train_encoder=false batch_size=8 lr=1e-4 warmup_steps=100
+      disc_start=10000000 num_workers=4 sample_every=1000 ckpt_every=500)
+  vidfusion train dit --config configs/dit_tiny.toml out_dir=$R/obj progress=false steps=$OBJ_STEPS "${obj[@]}" \
+    max_minutes=$minutes > $R/obj.log &
+  dit=$!
+  vidfusion train vae --config configs/vae_tiny.toml out_dir=$R/vae_e progress=false steps=$VAE_E_STEPS "${ve[@]}" \
+    max_minutes=$minutes > $R/vae_e.log &
+  vae=$!
+  wait $dit $vae || true
+  tail -n 3 $R/obj.log $R/vae_e.log || true
+  if [ -n "${FINAL:-}" ]; then
+    [ -f $R/obj/export/model_index.json ] || finish $R/obj dit configs/dit_tiny.toml "${obj[@]}"
+    [ -d $R/vae_e/export/vae ] || finish $R/vae_e vae configs/vae_tiny.toml "${ve[@]}"
+  fi
+  cp $R/obj/metrics.jsonl $OUT/obj_metrics.jsonl
+  cp $R/vae_e/metrics.jsonl $OUT/vae_e_metrics.jsonl
+  cp "$(ls $R/obj/samples/*.png | tail -1)" $OUT/obj_samples.png || true
+  if [ -f $R/obj/export/model_index.json ]; then
+    bring_back obj_transformer $R/obj/export/transformer
+  else
+    plan snapshot $R/obj $R/obj_snapshot && bring_back obj_snapshot $R/obj_snapshot
+  fi
+  [ -d $R/vae_e/export/vae ] && bring_back vae_e $R/vae_e/export/vae
   ;;
 eval)  # eval MODEL_FOLDER: prompt adherence on 200 held-out prompts and world VAE PSNR, on the GPU
   vidfusion eval adherence --model $2 -n ${N:-200} --device cuda -q --json $OUT/adherence.json | tail -n 9

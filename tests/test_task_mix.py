@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_training import SMALL_DIT, _assert_same_checkpoint, _tensors, _vae_export
 
-from vidfusion.data.world import render, scene_and_caption
+from vidfusion.data.world import object_masks, render, scene_and_caption
 from vidfusion.errors import VidFusionError
 from vidfusion.io.pretrained import load_transformer
 from vidfusion.training.config import DiTTrainConfig, load_config
@@ -49,6 +49,9 @@ def test_dataset_is_deterministic_and_interpolation_keys_are_base_rate_frames():
             assert np.allclose(np.diff(times), 1 / 64)  # 4x the base rate: 4 frames per 1/16 of the clip
             assert np.array_equal(a["video"].permute(1, 2, 3, 0).numpy(), render(scene, 17, 32, 32, times=times))
             assert a["caption"] == caption
+            masked = TaskMixClips(0, 17, 32, 32, context_dropout=0.0, with_masks=True, **MIX)[index]
+            assert "objects" not in a and torch.equal(masked["video"], a["video"])
+            assert np.array_equal(masked["objects"].numpy(), object_masks(scene, 17, 32, 32, times=times))
             seen_interpolation = True
     assert seen_interpolation and {TASKS[data[i]["task"]] for i in range(40)} == set(TASKS)
     with pytest.raises(VidFusionError, match="task_mix"):

@@ -314,3 +314,45 @@ def test_dit_echo_resumes_bit_identically_and_init_from_continues(tmp_path):
     assert moved and all(torch.allclose(first[k], exported.state_dict()[k], atol=1e-2) for k in first)  # one step on
     with pytest.raises(VidFusionError, match="echo=3"):
         load_config(DiTTrainConfig, None, dict(common, echo=3))
+
+
+def test_object_weights_cover_the_latent_cells_of_each_frame_group():
+    """Masks -> latent weights: frame 0 alone, then 4-frame groups (the causal VAE's layout), 8x8 cells, grown by one
+    cell; the weighted MSE normalises by the weights."""
+    from vidfusion.training.train_dit import latent_object_weights, weighted_mse
+
+    config = tiny_random_config()  # 4x temporal, 8x spatial
+    objects = torch.zeros(2, 9, 64, 64, dtype=torch.bool)
+    objects[0, 0, 3, 3] = True  # frame 0 -> latent frame 0, cell (0, 0)
+    objects[0, 6, 40, 17] = True  # frame 6 -> latent frame 2 (frames 5-8), cell (5, 2)
+    w = latent_object_weights(objects, config, 4.0)
+    assert w.shape == (2, 3, 1, 8, 8)
+    expected = torch.ones(2, 3, 8, 8)
+    expected[0, 0, 0:2, 0:2] = 5.0
+    expected[0, 2, 4:7, 1:4] = 5.0
+    assert torch.equal(w[:, :, 0], expected)
+    with pytest.raises(VidFusionError, match="4k \\+ 1"):
+        latent_object_weights(objects[:, :8], config, 4.0)
+
+    pred, target = torch.randn(2, 3, 4, 8, 8), torch.randn(2, 3, 4, 8, 8)
+    assert torch.allclose(weighted_mse(pred, target, torch.full_like(w, 3.0)), torch.nn.functional.mse_loss(pred, target))
+    sq = (pred - target).square()
+    by_hand = (sq * w).sum() / (w.sum() * 4)
+    assert torch.allclose(weighted_mse(pred, target, w), by_hand)
+
+
+def test_dit_trainer_object_weight_reaches_the_loss(tmp_path):
+    """Same seed, same data: object_weight changes the logged loss (the masks travel from the workers to the loss)."""
+    from vidfusion.training.train_dit import train
+
+    vae_path = str(_vae_export(tmp_path / "vae"))
+    losses = {}
+    for weight in (0.0, 8.0):
+        out = tmp_path / f"w{weight}"
+        train(load_config(DiTTrainConfig, None, dict(SMALL_DIT, vae_path=vae_path, steps=1, ckpt_every=1,
+                                                     sample_every=100, out_dir=str(out), object_weight=weight)))
+        line = (out / "metrics.jsonl").read_text().splitlines()[0]
+        losses[weight] = float(line.split('"train/loss": ')[1].split(",")[0])
+    assert losses[0.0] > 0 and losses[8.0] > 0 and abs(losses[0.0] - losses[8.0]) > 1e-4 * losses[0.0]
+    with pytest.raises(VidFusionError, match="object_weight"):
+        load_config(DiTTrainConfig, None, dict(SMALL_DIT, vae_path=vae_path, object_weight=-1))

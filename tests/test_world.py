@@ -152,3 +152,23 @@ def test_user_errors_name_the_fix():
     obj = ObjectSpec("circle", "red", "small", "still", (0.5, 0.5), 0.075)
     assert render(SceneSpec((obj,), BackgroundSpec("solid", "dark", ((10, 10, 10),) * 2)), 1, 32, 32).shape == (
         1, 32, 32, 3)
+
+
+def test_object_masks_are_exactly_the_pixels_the_objects_change():
+    """The footprint of the anti-aliased shapes: every pixel a render changes against the same scene without objects
+    is in the mask, and the mask holds almost nothing else (pixels where the shape's colour equals the background's
+    are the only allowed extras), also for a high-frame-rate window."""
+    import dataclasses
+
+    for index in range(12):
+        scene, _, _ = world.scene_and_caption(index, "train", 3)
+        times = np.linspace(0.2, 0.45, 9) if index % 2 else None
+        video = world.render(scene, 9, 64, 96, times=times).astype(int)
+        empty = world.render(dataclasses.replace(scene, objects=()), 9, 64, 96, times=times).astype(int)
+        changed = np.abs(video - empty).max(axis=-1) > 0
+        mask = world.object_masks(scene, 9, 64, 96, times=times)
+        assert mask.shape == changed.shape and mask.dtype == bool
+        assert not (changed & ~mask).any()
+        assert (mask & ~changed).sum() <= 0.01 * mask.sum()
+    still = world.object_masks(world.scene_and_caption(0, "train", 3)[0], 5, 64, 64)
+    assert 0 < still.mean() < 0.5

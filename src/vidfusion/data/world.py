@@ -40,7 +40,7 @@ __all__ = [
     "BackgroundSpec", "ObjectSpec", "SceneSpec", "Sample", "SHAPES", "COLOURS", "PALETTE", "SIZES", "MOTIONS",
     "DIRECTIONS", "BACKGROUNDS", "PANS", "SPLITS", "HELDOUT_PAIRS", "sample_scene", "render", "caption",
     "parse_prompt", "uses_heldout_phrasing", "prompt_attributes", "is_train_legal", "scene_and_caption", "sample",
-    "train_stream", "eval_split",
+    "train_stream", "eval_split", "object_masks",
 ]
 
 SHAPES = ("circle", "square", "triangle", "star", "cross")
@@ -404,15 +404,42 @@ def render(scene: SceneSpec, num_frames: int = 17, height: int = 128, width: int
         ox = round(pan_x * (t if scene.pan == "right" else 1 - t)) if pan_x else 0
         oy = round(pan_y * (t if scene.pan == "down" else 1 - t)) if pan_y else 0
         frame = canvas[oy:oy + big_h, ox:ox + big_w].copy()
-        for obj, (x, y, scale, angle) in zip(scene.objects, states):
-            theta = math.radians(angle[i])
-            rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
-            points = SHAPE_POLYGONS[obj.shape] @ rot.T * (obj.radius * scale[i] * unit)
-            points += (x[i] * big_w, y[i] * big_h)
-            cv2.fillPoly(frame, [np.round(points * 16).astype(np.int32)], PALETTE[obj.colour],
-                         lineType=cv2.LINE_AA, shift=4)
+        for obj, points in zip(scene.objects, _polygons(scene, states, i, big_h, big_w)):
+            cv2.fillPoly(frame, [points], PALETTE[obj.colour], lineType=cv2.LINE_AA, shift=4)
         video[i] = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
     return video
+
+
+def _polygons(scene: SceneSpec, states: list, i: int, height: int, width: int) -> list[np.ndarray]:
+    """Each object's outline at frame i, in 1/16-pixel integer vertices (cv2's `shift=4`) of a height x width frame."""
+    unit = min(height, width)
+    polygons = []
+    for obj, (x, y, scale, angle) in zip(scene.objects, states):
+        theta = math.radians(angle[i])
+        rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+        points = SHAPE_POLYGONS[obj.shape] @ rot.T * (obj.radius * scale[i] * unit)
+        points += (x[i] * width, y[i] * height)
+        polygons.append(np.round(points * 16).astype(np.int32))
+    return polygons
+
+
+def object_masks(scene: SceneSpec, num_frames: int = 17, height: int = 128, width: int = 128,
+                 times: np.ndarray | None = None) -> np.ndarray:
+    """Where the objects are: bool `[num_frames, height, width]`, True on every pixel an object's outline covers at
+    least partly (the footprint of `render`'s anti-aliased shapes, with the same `times`). Training uses it to weight
+    the loss towards the objects, which carry everything a caption says (training/train_dit.py)."""
+    if times is not None:
+        num_frames = np.asarray(times).size
+    _check_size(num_frames, height, width)
+    if times is None:
+        times = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
+    states = [object_state(obj, np.asarray(times, dtype=np.float64)) for obj in scene.objects]
+    # Drawn like `render` (supersampled 2x, anti-aliased) so any pixel the shapes touch there is in the footprint.
+    big = np.zeros((num_frames, 2 * height, 2 * width), dtype=np.uint8)
+    for i in range(num_frames):
+        for points in _polygons(scene, states, i, 2 * height, 2 * width):
+            cv2.fillPoly(big[i], [points], 255, lineType=cv2.LINE_AA, shift=4)
+    return big.reshape(num_frames, height, 2, width, 2).max(axis=(2, 4)) > 0
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from vidfusion.data.world import object_masks
 from vidfusion.data.world import sample as world_sample
 from vidfusion.errors import VidFusionError
 
@@ -143,10 +144,13 @@ class EMA:
 
 class WorldClips(Dataset):
     """Sample `i` of the train split: {"video": uint8 [3, T, H, W], "caption": str}. Converting to float happens on
-    the device, so workers and pinned memory move 4x fewer bytes."""
+    the device, so workers and pinned memory move 4x fewer bytes. With `with_masks` also "objects": bool [T, H, W]
+    (world.object_masks)."""
 
-    def __init__(self, seed: int, num_frames: int, height: int, width: int, split: str = "train"):
+    def __init__(self, seed: int, num_frames: int, height: int, width: int, split: str = "train",
+                 with_masks: bool = False):
         self.seed, self.num_frames, self.height, self.width, self.split = seed, num_frames, height, width, split
+        self.with_masks = with_masks
 
     def __len__(self) -> int:
         return 2**62
@@ -154,7 +158,10 @@ class WorldClips(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = world_sample(index, self.split, seed=self.seed, num_frames=self.num_frames, height=self.height,
                          width=self.width)
-        return {"video": torch.from_numpy(s.video).permute(3, 0, 1, 2).contiguous(), "caption": s.caption}
+        item = {"video": torch.from_numpy(s.video).permute(3, 0, 1, 2).contiguous(), "caption": s.caption}
+        if self.with_masks:
+            item["objects"] = torch.from_numpy(object_masks(s.scene, self.num_frames, self.height, self.width))
+        return item
 
 
 class IndexRange(Sampler):

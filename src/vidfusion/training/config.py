@@ -177,6 +177,8 @@ class DiTTrainConfig(TrainConfig):
     extend_frames: tuple[int, ...] = (5, 9)
     interp_fps: tuple[float, ...] = (32.0, 128.0)
     base_fps: float = 8.0
+    # Loss weight 1 + object_weight on latent cells covered by the world's objects (train_dit.py); 0 = plain MSE.
+    object_weight: float = 0.0
     sample_prompts: tuple[str, ...] = field(default_factory=lambda: DEFAULT_PROMPTS)
     sample_steps: int = 20
     sample_guidance: float = 6.0
@@ -199,6 +201,9 @@ class DiTTrainConfig(TrainConfig):
                                  f"fall between batches); e.g. echo=2 with ckpt_every=500")
         if not 0.0 <= self.text_dropout <= 1.0:
             raise VidFusionError(f"text_dropout={self.text_dropout} must be in [0, 1]; 0.1 is typical")
+        if self.object_weight < 0:
+            raise VidFusionError(f"object_weight={self.object_weight} must be >= 0; 0 is plain MSE, e.g. 4 weights "
+                                 f"object cells 5x")
         if self.task_mix:
             from vidfusion.training.task_mix import check_task_settings
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vidfusion.data.world import render, scene_and_caption
+from vidfusion.data.world import object_masks, render, scene_and_caption
 from vidfusion.errors import VidFusionError
 
 TASKS = ("t2v", "i2v", "extend", "interpolate")
@@ -74,15 +74,16 @@ def sample_task(rng: np.random.Generator, weights: Sequence[float], extend_frame
 
 
 class TaskMixClips(Dataset):
-    """Sample `i`: {"video": uint8 [3, T, H, W], "caption": str, "known": bool [T], "fps": float, "task": int}."""
+    """Sample `i`: {"video": uint8 [3, T, H, W], "caption": str, "known": bool [T], "fps": float, "task": int}, and
+    with `with_masks` "objects": bool [T, H, W] (world.object_masks)."""
 
     def __init__(self, seed: int, num_frames: int, height: int, width: int, weights: Sequence[float],
                  extend_frames: Sequence[int], interp_fps: Sequence[float], base_fps: float,
-                 context_dropout: float):
+                 context_dropout: float, with_masks: bool = False):
         check_task_settings(weights, extend_frames, interp_fps, base_fps, num_frames)
         self.seed, self.num_frames, self.height, self.width = seed, num_frames, height, width
         self.weights, self.extend_frames, self.interp_fps = tuple(weights), tuple(extend_frames), tuple(interp_fps)
-        self.base_fps, self.context_dropout = base_fps, context_dropout
+        self.base_fps, self.context_dropout, self.with_masks = base_fps, context_dropout, with_masks
 
     def __len__(self) -> int:
         return 2**62
@@ -93,5 +94,8 @@ class TaskMixClips(Dataset):
         task, known, fps, times = sample_task(rng, self.weights, self.extend_frames, self.interp_fps, self.base_fps,
                                               self.num_frames, self.context_dropout)
         video = render(scene, self.num_frames, self.height, self.width, times=times)
-        return {"video": torch.from_numpy(video).permute(3, 0, 1, 2).contiguous(), "caption": caption,
+        item = {"video": torch.from_numpy(video).permute(3, 0, 1, 2).contiguous(), "caption": caption,
                 "known": torch.from_numpy(known), "fps": fps, "task": TASKS.index(task)}
+        if self.with_masks:
+            item["objects"] = torch.from_numpy(object_masks(scene, self.num_frames, self.height, self.width, times))
+        return item
