@@ -5,13 +5,15 @@ downloaded. On the GPU machine (diffusers carried as a wheel):
 
     python benchmarks/bench_vae_decode.py --json bench_vae.json
     python benchmarks/bench_vae_decode.py --no-diffusers --memory-breakdown   # peak per decoder stage
+    python benchmarks/bench_vae_decode.py --no-diffusers --frame-slice 1      # slices of 1 frame instead of 2
 
 Defaults: the CogVideoX-5B VAE config, 13 x 60 x 90 latents (49 frames at 480 x 720), bf16 on CUDA. On CPU (fp32) use
 --tiny, a tiny config of the same kind, to check that the script runs:
 
     python benchmarks/bench_vae_decode.py --tiny --runs 1
 
-Variants: ours eager, ours with fuse_norms() (compiled), the same tiled, diffusers and diffusers tiled.
+Variants: ours eager, ours with fuse_norms() (compiled), the same tiled, the same untiled in frame slices
+(fuse_norms(frame_slice=N): the unsliced numbers, less memory), diffusers and diffusers tiled.
 Reported per variant: median seconds over --runs timed decodes after one untimed one (compile time falls there and
 is reported apart), peak allocated memory during the timed decodes (CUDA; weights and latents included), and the error
 against an fp32 decode with the same weights, max|x - x_fp32| / max|x_fp32|. Our eager bf16 decode's own error is the
@@ -110,10 +112,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=720)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-diffusers", action="store_true")
-    parser.add_argument("--no-compile", action="store_true", help="skip the compiled fused variant")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled fused variants")
     parser.add_argument("--memory-breakdown", action="store_true",
                         help="CUDA: print each decoder stage's peak and what was allocated when it started (fused "
-                             "compiled variant)")
+                             "compiled variants, unsliced and frame-sliced)")
+    parser.add_argument("--frame-slice", type=int, default=2, metavar="N",
+                        help="frames per slice of the fused + frame-sliced variant")
     parser.add_argument("--json", metavar="OUT")
     args = parser.parse_args()
 
@@ -130,7 +134,7 @@ def main() -> None:
 
     def record(name: str, seconds: float, first: float, peak: float, err: float) -> None:
         results["variants"][name] = {"seconds": seconds, "first_call_seconds": first, "peak_gib": peak, "rel_err": err}
-        print(f"{name:24s} {seconds:8.3f} s   first call {first:7.1f} s   peak {peak:6.2f} GiB   err vs fp32 {err:.2e}",
+        print(f"{name:26s} {seconds:8.3f} s   first call {first:7.1f} s   peak {peak:6.2f} GiB   err vs fp32 {err:.2e}",
               flush=True)
 
     with torch.no_grad():
@@ -150,6 +154,7 @@ def main() -> None:
             record("ours fused (compiled)", seconds, first, peak, rel_err(out, ref_dev))
             del out
             if args.memory_breakdown and device.type == "cuda":
+                print("  ours fused (compiled):")
                 results["memory_breakdown"] = memory_breakdown(vae, zd)
             # diffusers' spatial tiling (tiles of half the sample size, blended): lower memory, but per-tile
             # GroupNorm statistics and the blending change the result
@@ -158,6 +163,15 @@ def main() -> None:
             record("ours fused + tiled", seconds, first, peak, rel_err(out, ref_dev))
             del out
             vae.disable_tiling()
+            # every layer on frame slices of each time chunk: the untiled numbers, less memory
+            vae.fuse_norms(compile=True, frame_slice=args.frame_slice)
+            results["frame_slice"] = args.frame_slice
+            seconds, first, peak, out = timed(lambda: vae.decode(zd), args.runs, device)
+            record("ours fused + frame-sliced", seconds, first, peak, rel_err(out, ref_dev))
+            del out
+            if args.memory_breakdown and device.type == "cuda":
+                print(f"  ours fused + frame-sliced (slices of {args.frame_slice} frames):")
+                results["memory_breakdown_frame_sliced"] = memory_breakdown(vae, zd)
             vae.fuse_norms(enabled=False)
         state = vae.state_dict()
         vae = None  # free it before diffusers loads

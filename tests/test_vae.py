@@ -280,6 +280,56 @@ def test_fused_norms_equal_the_module_path(pair):
     assert all(m.fuse is None for m in ours.modules() if hasattr(m, "fuse"))
 
 
+
+@torch.no_grad()
+@pytest.mark.parametrize("frame_slice", [1, 2, 3])
+def test_frame_sliced_fused_norms_equal_the_unsliced_path(pair, frame_slice):
+    """fuse_norms(frame_slice=n) runs the fused convs, resnet skips and upsamplers on n-frame slices of each time
+    chunk, with chunk-wide GroupNorm statistics and the causal convs' past carried from slice to slice. Decode (7
+    latents: chunks of 3, 2, 2 latents, 9, 8, 8 frames at full resolution, spatial norms throughout), encode (17
+    frames: 9 + 8) and a tiled decode must equal the unsliced fused path and the module path."""
+    _, ours = pair
+    x = _video(17, height=32, width=48)
+    z = torch.randn(1, 4, 7, 4, 6, generator=torch.Generator().manual_seed(3))
+    z_tiled = torch.randn(1, 4, 5, 12, 14, generator=torch.Generator().manual_seed(4))  # 2 x 3 tiles, chunks 3 + 2
+
+    def run() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ours.enable_tiling(**TILING)
+        tiled = ours.decode(z_tiled)
+        ours.disable_tiling()
+        return ours.encode(x).mean, ours.decode(z), tiled
+
+    try:
+        module_path = run()
+        ours.fuse_norms(compile=False)
+        fused = run()
+        ours.fuse_norms(compile=False, frame_slice=frame_slice)
+        sliced = run()
+    finally:
+        ours.fuse_norms(enabled=False)
+        ours.disable_tiling()
+    for got, want_fused, want_module in zip(sliced, fused, module_path, strict=True):
+        assert _max_diff(got, want_fused) < 1e-5
+        assert _max_diff(got, want_module) < TOL
+    assert all(getattr(m, "frame_slice", None) is None for m in ours.modules())
+
+
+def test_frame_sliced_decode_keeps_gradients(pair):
+    """Under autograd the sliced resnets must not write over tensors the backward pass reads."""
+    _, ours = pair
+    z = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    grads = []
+    try:
+        for frame_slice in (None, 2):
+            ours.fuse_norms(compile=False, frame_slice=frame_slice)
+            grads.append(torch.autograd.grad(ours.decode(z).square().sum(), z)[0])
+    finally:
+        ours.fuse_norms(enabled=False)
+    assert grads[0].abs().max() > 0 and _max_diff(grads[1], grads[0]) < 1e-5 * grads[0].abs().max()
+    with pytest.raises(VidFusionError, match=r"frame_slice=0 .* use a positive one"):
+        ours.fuse_norms(compile=False, frame_slice=0)
+
+
 def test_norm_silu_pad_values():
     """The fused function against F.group_norm, the nearest-resized spatial modulation, SiLU and the time padding."""
     g = torch.Generator().manual_seed(0)

@@ -18,6 +18,8 @@ would otherwise look arbitrary:
 - Inference speed: `fuse_norms()` swaps every norm -> SiLU -> causal-conv padding for one compiled pointwise kernel
   with GroupNorm statistics from reductions that fill the GPU (5B decode on an H100: 2.27 -> 1.05 s). The per-frame
   2D convs of the resamplers always run as 1 x k x k 3D convs, which saves two full-size copies per call.
+  `fuse_norms(frame_slice=n)` also runs the layers on n-frame slices of each time chunk (statistics still chunk-wide,
+  so the numbers stay): memory, not speed; a layer then holds its input and output but no full-size temporaries.
 - A few constants are hard-coded rather than taken from the config (GroupNorm eps 1e-6 in the encoder's output norm
   and in every SpatialNorm3D, SiLU before the output convolutions), because diffusers hard-codes them.
 - `scaling_factor`, `shift_factor`, `latents_mean/std`, `force_upcast` and `invert_scale_latents` are carried for the
@@ -28,6 +30,7 @@ would otherwise look arbitrary:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -244,17 +247,30 @@ class CausalConv3d(nn.Module):
     def conv_padded(self, x: torch.Tensor, cache: ConvCache) -> torch.Tensor:
         """The convolution of an input that already carries its `time_pad` past frames in front."""
         if self.time_pad:
+            cache.pop(self, None)  # x already holds these frames: free them before the copy
             cache[self] = x[:, :, -self.time_pad:].clone()  # clone: do not keep the whole padded chunk alive
         return _conv3d_in_time_parts(self.conv, x)
 
 
-def _resize_like(zq: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """Nearest-resize latents to a decoder feature map, keeping frame 0 apart as the temporal upsampling does."""
-    if f.shape[2] > 1 and f.shape[2] % 2 == 1:
-        first = F.interpolate(zq[:, :, :1], size=(1, *f.shape[-2:]))
-        rest = F.interpolate(zq[:, :, 1:], size=(f.shape[2] - 1, *f.shape[-2:]))
+def _resize(zq: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+    """Nearest-resize latents to (frames, height, width), keeping frame 0 apart as the temporal upsampling does."""
+    frames, height, width = size
+    if frames > 1 and frames % 2 == 1:
+        first = F.interpolate(zq[:, :, :1], size=(1, height, width))
+        rest = F.interpolate(zq[:, :, 1:], size=(frames - 1, height, width))
         return torch.cat([first, rest], dim=2)
-    return F.interpolate(zq, size=f.shape[-3:])
+    return F.interpolate(zq, size=size)
+
+
+def _resize_like(zq: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Nearest-resize latents to a decoder feature map (a no-op in any axis whose size already matches)."""
+    return _resize(zq, (f.shape[2], f.shape[3], f.shape[4]))
+
+
+def _frame_slices(frames: int, size: int) -> list[tuple[int, int]]:
+    """(start, end) of time slices of `size` frames, the remainder first (9 frames by 2 -> 1, 2, 2, 2, 2), where the
+    compiled `norm_silu_pad` already sees a shape of its own (the chunk's first slice, whose past is not a slice's)."""
+    return list(itertools.pairwise([0, *range(frames % size or size, frames + 1, size)]))
 
 
 def group_norm_stats(x: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -333,15 +349,37 @@ def fused_norm_conv(
     x: torch.Tensor,
     zq: torch.Tensor | None,
     cache: ConvCache,
+    frame_slice: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """conv(SiLU(norm(x))) through `fuse` (norm_silu_pad, possibly compiled); norm is a GroupNorm or SpatialNorm3D."""
+    """conv(SiLU(norm(x))) through `fuse` (norm_silu_pad, possibly compiled); norm is a GroupNorm or SpatialNorm3D.
+
+    With `frame_slice`, the statistics still pool all of x, but the pointwise part and the conv run on time slices
+    of that many frames, written into `out` (new if None). Each slice is a chunk to the causal conv: it starts from
+    the cache, and conv_padded leaves there its last padded frames, the next slice's past; after the last slice the
+    cache holds what the unsliced call leaves. A slice reads only its own frames of x, so `out` may be x itself.
+    """
     scale = shift = None
     if isinstance(norm, SpatialNorm3D):
         scale, shift = norm.conv_y(zq, cache), norm.conv_b(zq, cache)  # 1x1x1 convs at latent resolution
         norm = norm.norm_layer
     mean, rstd = group_norm_stats(x, norm.num_groups, norm.eps)
-    padded = fuse(x, mean, rstd, norm.weight, norm.bias, scale, shift, cache.get(conv), conv.time_pad)
-    return conv.conv_padded(padded, cache)
+    if frame_slice is None:
+        padded = fuse(x, mean, rstd, norm.weight, norm.bias, scale, shift, cache.get(conv), conv.time_pad)
+        return conv.conv_padded(padded, cache)
+    if scale is not None:
+        # Resize in time now (cheap at latent resolution) so that each slice takes its own frames' modulation, which
+        # `fuse` then only resizes in space: a time slice of the resized latents is not the resize of a time slice.
+        scale, shift = (_resize(t, (x.shape[2], t.shape[3], t.shape[4])) for t in (scale, shift))
+    if out is None:
+        out = x.new_empty(x.shape[0], conv.conv.out_channels, *x.shape[2:])
+    for a, b in _frame_slices(x.shape[2], frame_slice):
+        part_scale, part_shift = (None, None) if scale is None else (scale[:, :, a:b], shift[:, :, a:b])
+        padded = fuse(x[:, :, a:b], mean, rstd, norm.weight, norm.bias, part_scale, part_shift, cache.get(conv),
+                      conv.time_pad)
+        out[:, :, a:b] = conv.conv_padded(padded, cache)
+        del padded  # before the next slice makes its own
+    return out
 
 
 class ResnetBlock3D(nn.Module):
@@ -361,11 +399,14 @@ class ResnetBlock3D(nn.Module):
         self.conv2 = CausalConv3d(out_channels, out_channels)
         self.conv_shortcut = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
         self.fuse: Callable[..., torch.Tensor] | None = None  # set by CogVideoXVAE.fuse_norms
+        self.frame_slice: int | None = None  # likewise
 
     def _norm(self, norm: nn.Module, h: torch.Tensor, zq: torch.Tensor | None, cache: ConvCache) -> torch.Tensor:
         return norm(h) if zq is None else norm(h, zq, cache)
 
     def forward(self, x: torch.Tensor, cache: ConvCache, zq: torch.Tensor | None = None) -> torch.Tensor:
+        if self.fuse is not None and self.frame_slice is not None:
+            return self._forward_sliced(x, cache, zq)
         if self.fuse is not None:
             h = fused_norm_conv(self.fuse, self.norm1, self.conv1, x, zq, cache)
             h = fused_norm_conv(self.fuse, self.norm2, self.conv2, h, zq, cache)
@@ -374,6 +415,17 @@ class ResnetBlock3D(nn.Module):
             h = self.conv2(self.act(self._norm(self.norm2, h, zq, cache)), cache)
         skip = x if self.conv_shortcut is None else _conv3d_in_time_parts(self.conv_shortcut, x)
         return h + skip
+
+    def _forward_sliced(self, x: torch.Tensor, cache: ConvCache, zq: torch.Tensor | None) -> torch.Tensor:
+        """The fused forward in frame slices, with one full-size tensor besides x: conv2 writes over its input
+        (unless autograd keeps that input for the backward pass) and the skip is added into it slice by slice."""
+        h = fused_norm_conv(self.fuse, self.norm1, self.conv1, x, zq, cache, self.frame_slice)
+        h = fused_norm_conv(self.fuse, self.norm2, self.conv2, h, zq, cache, self.frame_slice,
+                            out=None if h.requires_grad else h)
+        for a, b in _frame_slices(x.shape[2], self.frame_slice):
+            skip = x[:, :, a:b]
+            h[:, :, a:b] += skip if self.conv_shortcut is None else self.conv_shortcut(skip)
+        return h
 
 
 def _per_frame_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -406,9 +458,12 @@ class Upsample3D(nn.Module):
         super().__init__()
         self.compress_time = compress_time
         self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.frame_slice: int | None = None  # set by CogVideoXVAE.fuse_norms
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x.shape[2]
+        if self.frame_slice is not None:
+            return self._forward_sliced(x)
         if self.compress_time and t > 1 and t % 2:
             first = F.interpolate(x[:, :, :1], scale_factor=(1, 2, 2))
             x = torch.cat([first, F.interpolate(x[:, :, 1:], scale_factor=2.0)], dim=2)
@@ -418,9 +473,24 @@ class Upsample3D(nn.Module):
             x = F.interpolate(x, scale_factor=(1, 2, 2))
         return _per_frame_conv(self.conv, x)
 
+    def _forward_sliced(self, x: torch.Tensor) -> torch.Tensor:
+        """forward in slices of output frames: the conv is per frame, so slices are independent. Output frame j
+        repeats input frame source[j], the time rule of the interpolations above."""
+        t = x.shape[2]
+        source = torch.arange(t, device=x.device)
+        if self.compress_time and t > 1:
+            source = source.repeat_interleave(2)[t % 2:]  # 0 0 1 1 ... for even t; 0 1 1 2 2 ... for odd t
+        out = x.new_empty(x.shape[0], self.conv.out_channels, len(source), 2 * x.shape[3], 2 * x.shape[4])
+        for a, b in _frame_slices(len(source), self.frame_slice):
+            frames = F.interpolate(x.index_select(2, source[a:b]), scale_factor=(1, 2, 2))
+            out[:, :, a:b] = _per_frame_conv(self.conv, frames)
+            del frames  # before the next slice makes its own
+        return out
+
 
 class MidBlock3D(nn.Module):
-    """A stack of resnets; the down and up blocks add a resampler after it."""
+    """A stack of resnets; the down and up blocks add a resampler after it (and are run layer by layer by
+    Encoder3D / Decoder3D)."""
 
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, config: VAEConfig, spatial_norm: bool):
         super().__init__()
@@ -440,19 +510,11 @@ class DownBlock3D(MidBlock3D):
         super().__init__(in_channels, out_channels, config.layers_per_block, config, spatial_norm=False)
         self.downsamplers = nn.ModuleList([Downsample3D(out_channels, compress_time)]) if downsample else None
 
-    def forward(self, h: torch.Tensor, cache: ConvCache, zq: torch.Tensor | None = None) -> torch.Tensor:
-        h = super().forward(h, cache)
-        return h if self.downsamplers is None else self.downsamplers[0](h)
-
 
 class UpBlock3D(MidBlock3D):
     def __init__(self, in_channels: int, out_channels: int, config: VAEConfig, upsample: bool, compress_time: bool):
         super().__init__(in_channels, out_channels, config.layers_per_block + 1, config, spatial_norm=True)
         self.upsamplers = nn.ModuleList([Upsample3D(out_channels, compress_time)]) if upsample else None
-
-    def forward(self, h: torch.Tensor, cache: ConvCache, zq: torch.Tensor | None = None) -> torch.Tensor:
-        h = super().forward(h, cache, zq)
-        return h if self.upsamplers is None else self.upsamplers[0](h)
 
 
 class Encoder3D(nn.Module):
@@ -470,14 +532,18 @@ class Encoder3D(nn.Module):
         self.norm_out = nn.GroupNorm(config.norm_num_groups, ch[-1], eps=1e-6)
         self.conv_out = CausalConv3d(ch[-1], 2 * config.latent_channels)
         self.fuse: Callable[..., torch.Tensor] | None = None  # set by CogVideoXVAE.fuse_norms
+        self.frame_slice: int | None = None  # likewise
 
     def forward(self, x: torch.Tensor, cache: ConvCache) -> torch.Tensor:
         h = self.conv_in(x, cache)
-        for block in self.down_blocks:
-            h = block(h, cache)
+        for block in self.down_blocks:  # layer by layer: see Decoder3D.forward
+            for resnet in block.resnets:
+                h = resnet(h, cache)
+            if block.downsamplers is not None:
+                h = block.downsamplers[0](h)
         h = self.mid_block(h, cache)
         if self.fuse is not None:
-            return fused_norm_conv(self.fuse, self.norm_out, self.conv_out, h, None, cache)
+            return fused_norm_conv(self.fuse, self.norm_out, self.conv_out, h, None, cache, self.frame_slice)
         return self.conv_out(F.silu(self.norm_out(h)), cache)
 
 
@@ -496,14 +562,20 @@ class Decoder3D(nn.Module):
         self.norm_out = SpatialNorm3D(ch[-1], config.latent_channels, config.norm_num_groups)
         self.conv_out = CausalConv3d(ch[-1], config.out_channels)
         self.fuse: Callable[..., torch.Tensor] | None = None  # set by CogVideoXVAE.fuse_norms
+        self.frame_slice: int | None = None  # likewise
 
     def forward(self, z: torch.Tensor, cache: ConvCache) -> torch.Tensor:
         h = self.conv_in(z, cache)
         h = self.mid_block(h, cache, zq=z)
+        # Layer by layer, not through a block's forward, whose frame would hold the block's input through all of its
+        # layers: the last block's input is the 2x upsampled feature map, 1.5 GiB per chunk in the 5B decode.
         for block in self.up_blocks:
-            h = block(h, cache, zq=z)
+            for resnet in block.resnets:
+                h = resnet(h, cache, z)
+            if block.upsamplers is not None:
+                h = block.upsamplers[0](h)
         if self.fuse is not None:
-            return fused_norm_conv(self.fuse, self.norm_out, self.conv_out, h, z, cache)
+            return fused_norm_conv(self.fuse, self.norm_out, self.conv_out, h, z, cache, self.frame_slice)
         return self.conv_out(F.silu(self.norm_out(h, z, cache)), cache)
 
 
@@ -593,7 +665,7 @@ class CogVideoXVAE(nn.Module):
     def disable_tiling(self) -> None:
         self.use_tiling = False
 
-    def fuse_norms(self, enabled: bool = True, compile: bool = True) -> None:
+    def fuse_norms(self, enabled: bool = True, compile: bool = True, frame_slice: int | None = None) -> None:
         """Run every norm -> SiLU -> causal conv through `norm_silu_pad`, compiled by default (inference speed).
 
         Statistics come from `group_norm_stats` (eager reductions that fill the GPU, where F.group_norm's took 35%
@@ -601,19 +673,31 @@ class CogVideoXVAE(nn.Module):
         within bf16 rounding (fp32 inside, one rounding at the end instead of one per op). Measured speed and
         memory: benchmarks/bench_vae_decode.py and docs/inference.md. `compile=False` runs the same functions
         eagerly (for tests and debugging).
+
+        `frame_slice=n` (inference memory) runs the fused convs, the resnet skips and the upsamplers on slices of n
+        frames inside each time chunk, so that a layer holds its input and output but not its full-size
+        temporaries. GroupNorm statistics still pool the whole chunk and causal convs carry their past from slice to
+        slice, so the result is the unsliced one up to float reassociation. Resnets write their second conv over its
+        input, which autograd would need, so they do not when that input requires grad.
         """
+        if frame_slice is not None and frame_slice < 1:
+            raise VidFusionError(f"frame_slice={frame_slice} is not a frame count; use a positive one (e.g. 2) or None")
         fuse = None
         if enabled and compile:
             # Static shapes: with dynamic ones inductor's kernels for the resize indexing ran 2x slower than eager
             # (H100, 5B decode). That is one graph per layer shape (~20 for the 5B decoder, 35 s of compiling), more
-            # than dynamo's default limit of 8 per function, past which it silently falls back to eager.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            # than dynamo's default limit of 8 per function, past which it silently falls back to eager. Slices
+            # (whose strides differ between chunk lengths, and dynamo specialises on strides too) and tiles multiply
+            # that: for 13 latents 1.5x in slices of 2, and 5B-sized tiles another 4x.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
             fuse = torch.compile(norm_silu_pad, dynamic=False)
         elif enabled:
             fuse = norm_silu_pad
         for module in self.modules():
             if isinstance(module, (ResnetBlock3D, Encoder3D, Decoder3D)):
                 module.fuse = fuse
+            if isinstance(module, (ResnetBlock3D, Encoder3D, Decoder3D, Upsample3D)):
+                module.frame_slice = frame_slice if enabled else None
 
     @property
     def tile_latent_min_height(self) -> int:
