@@ -6,14 +6,16 @@ downloaded. On the GPU machine (diffusers carried as a wheel):
     python benchmarks/bench_vae_decode.py --json bench_vae.json
     python benchmarks/bench_vae_decode.py --no-diffusers --memory-breakdown   # peak per decoder stage
     python benchmarks/bench_vae_decode.py --no-diffusers --frame-slice 1      # slices of 1 frame instead of 2
+    python benchmarks/bench_vae_decode.py --variants fused,sliced             # skip the rest (tiled compiles 72 s)
 
 Defaults: the CogVideoX-5B VAE config, 13 x 60 x 90 latents (49 frames at 480 x 720), bf16 on CUDA. On CPU (fp32) use
 --tiny, a tiny config of the same kind, to check that the script runs:
 
     python benchmarks/bench_vae_decode.py --tiny --runs 1
 
-Variants: ours eager, ours with fuse_norms() (compiled), the same tiled, the same untiled in frame slices
-(fuse_norms(frame_slice=N): the unsliced numbers, less memory), diffusers and diffusers tiled.
+Variants (--variants, all by default): eager (ours), fused (fuse_norms(), compiled), tiled (the same, tiled),
+sliced (the same untiled in frame slices, fuse_norms(frame_slice=N): the unsliced numbers, less memory), diffusers and
+diffusers-tiled.
 Reported per variant: median seconds over --runs timed decodes after one untimed one (compile time falls there and
 is reported apart), peak allocated memory during the timed decodes (CUDA; weights and latents included), and the error
 against an fp32 decode with the same weights, max|x - x_fp32| / max|x_fp32|. Our eager bf16 decode's own error is the
@@ -34,6 +36,8 @@ import torch
 
 from vidfusion.io.checkpoint import write_json
 from vidfusion.models.vae import VAE_PRESETS, CogVideoXVAE, tiny_random_config
+
+VARIANTS = ("eager", "fused", "tiled", "sliced", "diffusers", "diffusers-tiled")
 
 
 def timed(fn, runs: int, device: torch.device) -> tuple[float, float, float, torch.Tensor]:
@@ -62,11 +66,15 @@ def timed(fn, runs: int, device: torch.device) -> tuple[float, float, float, tor
 def memory_breakdown(vae: CogVideoXVAE, z: torch.Tensor) -> dict[str, dict[str, float]]:
     """Per decoder stage (conv_in, mid block, each up block's resnets and upsampler), over all time chunks: the peak
     allocated while it ran and the memory allocated when it started (weights, the chunk's input, and every causal
-    conv's cached frames from the previous chunk), in GiB."""
+    conv's cached frames from the previous chunk), in GiB. Frame-sliced, each upsampler runs inside the next block's
+    first resnet (which recomputes its output slice by slice): one stage, "up{i}.upsample+up{i+1}.res0"."""
+    sliced = vae.decoder.frame_slice is not None
     stages = {"conv_in": vae.decoder.conv_in, "mid": vae.decoder.mid_block}
     for i, block in enumerate(vae.decoder.up_blocks):
-        stages.update({f"up{i}.res{j}": r for j, r in enumerate(block.resnets)})
-        if block.upsamplers is not None:
+        for j, resnet in enumerate(block.resnets):
+            fused_upsample = sliced and j == 0 and i > 0 and vae.decoder.up_blocks[i - 1].upsamplers is not None
+            stages[f"up{i - 1}.upsample+up{i}.res0" if fused_upsample else f"up{i}.res{j}"] = resnet
+        if block.upsamplers is not None and not sliced:
             stages[f"up{i}.upsample"] = block.upsamplers[0]
     seen: dict[str, dict[str, float]] = {}
 
@@ -92,7 +100,7 @@ def memory_breakdown(vae: CogVideoXVAE, z: torch.Tensor) -> dict[str, dict[str, 
         for h in handles:
             h.remove()
     for name, entry in seen.items():
-        print(f"  {name:14s} peak {entry['peak_gib']:6.2f} GiB   allocated at start {entry['at_start_gib']:6.2f} GiB")
+        print(f"  {name:22s} peak {entry['peak_gib']:6.2f} GiB   allocated at start {entry['at_start_gib']:6.2f} GiB")
     return seen
 
 
@@ -111,7 +119,9 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=480, help="pixel height (latents are height / 8)")
     parser.add_argument("--width", type=int, default=720)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--no-diffusers", action="store_true")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma list of variants to run, of {','.join(VARIANTS)} (default: all)")
+    parser.add_argument("--no-diffusers", action="store_true", help="skip the diffusers variants")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled fused variants")
     parser.add_argument("--memory-breakdown", action="store_true",
                         help="CUDA: print each decoder stage's peak and what was allocated when it started (fused "
@@ -120,6 +130,14 @@ def main() -> None:
                         help="frames per slice of the fused + frame-sliced variant")
     parser.add_argument("--json", metavar="OUT")
     args = parser.parse_args()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {','.join(unknown)}; choose from {','.join(VARIANTS)}")
+    if args.no_diffusers:
+        variants = [v for v in variants if not v.startswith("diffusers")]
+    if args.no_compile:
+        variants = [v for v in variants if v not in ("fused", "tiled", "sliced")]
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -145,17 +163,20 @@ def main() -> None:
         vae.to(device, dtype)
         zd = z.to(device, dtype)
         ref_dev = reference.to(device)
-        seconds, first, peak, out = timed(lambda: vae.decode(zd), args.runs, device)
-        record("ours eager", seconds, first, peak, rel_err(out, ref_dev))
-        del out
-        if not args.no_compile:
+        if "eager" in variants:
+            seconds, first, peak, out = timed(lambda: vae.decode(zd), args.runs, device)
+            record("ours eager", seconds, first, peak, rel_err(out, ref_dev))
+            del out
+        if "fused" in variants or "tiled" in variants:
             vae.fuse_norms(compile=True)
+        if "fused" in variants:
             seconds, first, peak, out = timed(lambda: vae.decode(zd), args.runs, device)
             record("ours fused (compiled)", seconds, first, peak, rel_err(out, ref_dev))
             del out
             if args.memory_breakdown and device.type == "cuda":
                 print("  ours fused (compiled):")
                 results["memory_breakdown"] = memory_breakdown(vae, zd)
+        if "tiled" in variants:
             # diffusers' spatial tiling (tiles of half the sample size, blended): lower memory, but per-tile
             # GroupNorm statistics and the blending change the result
             vae.enable_tiling()
@@ -163,6 +184,7 @@ def main() -> None:
             record("ours fused + tiled", seconds, first, peak, rel_err(out, ref_dev))
             del out
             vae.disable_tiling()
+        if "sliced" in variants:
             # every layer on frame slices of each time chunk: the untiled numbers, less memory
             vae.fuse_norms(compile=True, frame_slice=args.frame_slice)
             results["frame_slice"] = args.frame_slice
@@ -172,25 +194,27 @@ def main() -> None:
             if args.memory_breakdown and device.type == "cuda":
                 print(f"  ours fused + frame-sliced (slices of {args.frame_slice} frames):")
                 results["memory_breakdown_frame_sliced"] = memory_breakdown(vae, zd)
-            vae.fuse_norms(enabled=False)
+        vae.fuse_norms(enabled=False)
         state = vae.state_dict()
         vae = None  # free it before diffusers loads
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        if not args.no_diffusers:
+        if "diffusers" in variants or "diffusers-tiled" in variants:
             from diffusers import AutoencoderKLCogVideoX
 
             keys = {k: v for k, v in config.to_dict().items() if k != "decoder_block_out_channels"}
             theirs = AutoencoderKLCogVideoX(**keys)
             theirs.load_state_dict(state, strict=True)
             theirs.to(device, dtype).eval()
-            seconds, first, peak, out = timed(lambda: theirs.decode(zd).sample, args.runs, device)
-            record("diffusers", seconds, first, peak, rel_err(out, ref_dev))
-            del out
-            theirs.enable_tiling()
-            seconds, first, peak, out = timed(lambda: theirs.decode(zd).sample, args.runs, device)
-            record("diffusers tiled", seconds, first, peak, rel_err(out, ref_dev))
+            if "diffusers" in variants:
+                seconds, first, peak, out = timed(lambda: theirs.decode(zd).sample, args.runs, device)
+                record("diffusers", seconds, first, peak, rel_err(out, ref_dev))
+                del out
+            if "diffusers-tiled" in variants:
+                theirs.enable_tiling()
+                seconds, first, peak, out = timed(lambda: theirs.decode(zd).sample, args.runs, device)
+                record("diffusers tiled", seconds, first, peak, rel_err(out, ref_dev))
     if args.json:
         write_json(args.json, results)
 

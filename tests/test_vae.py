@@ -5,6 +5,8 @@ import inspect
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import AutoencoderKLCogVideoX  # noqa: E402
@@ -285,9 +287,11 @@ def test_fused_norms_equal_the_module_path(pair):
 @pytest.mark.parametrize("frame_slice", [1, 2, 3])
 def test_frame_sliced_fused_norms_equal_the_unsliced_path(pair, frame_slice):
     """fuse_norms(frame_slice=n) runs the fused convs, resnet skips and upsamplers on n-frame slices of each time
-    chunk, with chunk-wide GroupNorm statistics and the causal convs' past carried from slice to slice. Decode (7
-    latents: chunks of 3, 2, 2 latents, 9, 8, 8 frames at full resolution, spatial norms throughout), encode (17
-    frames: 9 + 8) and a tiled decode must equal the unsliced fused path and the module path."""
+    chunk, with chunk-wide GroupNorm statistics and the causal convs' past carried from slice to slice; each
+    upsampler's output is recomputed slice by slice by the next resnet, with (32 -> 16 and 16 -> 8 channels) and
+    without (16 -> 16) a projected skip. Decode (7 latents: chunks of 3, 2, 2 latents, 9, 8, 8 frames at full
+    resolution, spatial norms throughout), encode (17 frames: 9 + 8) and a tiled decode must equal the unsliced
+    fused path and the module path."""
     _, ours = pair
     x = _video(17, height=32, width=48)
     z = torch.randn(1, 4, 7, 4, 6, generator=torch.Generator().manual_seed(3))
@@ -328,6 +332,61 @@ def test_frame_sliced_decode_keeps_gradients(pair):
     assert grads[0].abs().max() > 0 and _max_diff(grads[1], grads[0]) < 1e-5 * grads[0].abs().max()
     with pytest.raises(VidFusionError, match=r"frame_slice=0 .* use a positive one"):
         ours.fuse_norms(compile=False, frame_slice=0)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("compress_time", [True, False])
+def test_upsampled_slices_and_statistics_equal_the_whole_output(compress_time):
+    """Upsampled computes the upsampler's output frames on demand; its frames and its GroupNorm statistics (summed
+    over slices) must equal those of the whole output, for odd, even and single-frame inputs."""
+    torch.manual_seed(0)
+    up = vae_module.Upsample3D(8, compress_time)
+    for frames in (1, 2, 3):
+        x = torch.randn(1, 8, frames, 5, 6) + torch.arange(8.0).view(1, 8, 1, 1, 1)  # groups with distinct means
+        want = up(x)
+        lazy = vae_module.Upsampled(up, x)
+        assert lazy.shape == want.shape
+        slices = vae_module._frame_slices(want.shape[2], 2)
+        for a, b in slices:
+            assert _max_diff(lazy.frames(a, b), want[:, :, a:b]) < 1e-6
+        for got, ref in zip(lazy.group_norm_stats(4, 1e-6, slices), vae_module.group_norm_stats(want, 4, 1e-6)):
+            assert _max_diff(got, ref) < 1e-5 * ref.abs().max()
+
+
+class _LargestStorage(TorchDispatchMode):
+    """The largest storage any aten op returns: every allocation is one (views return their base's storage)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.untyped_storage().nbytes())
+        return out
+
+
+@torch.no_grad()
+def test_frame_sliced_decode_never_makes_an_upsampled_map(pair):
+    """Sliced, the last upsampler's output (16 channels x 9 frames at 32 x 48 here, 256 x 9 at 480 x 720 in the 5B
+    decode) never exists whole; the largest tensor is then the last resnets' 8-channel output, or for slices of 3
+    the padded 5-frame slice of that map. Unsliced, it does exist."""
+    _, ours = pair
+    z = torch.randn(1, 4, 3, 4, 6, generator=torch.Generator().manual_seed(8))  # one chunk: 9 frames
+    upsampled = 16 * 9 * 32 * 48 * 4  # bytes, fp32
+    largest = {}
+    try:
+        for frame_slice in (None, 1, 2, 3):
+            ours.fuse_norms(compile=False, frame_slice=frame_slice)
+            with _LargestStorage() as mode:
+                ours.decode(z)
+            largest[frame_slice] = mode.largest
+    finally:
+        ours.fuse_norms(enabled=False)
+    assert largest[None] >= upsampled
+    assert largest[1] == largest[2] == upsampled // 2 and largest[3] == upsampled * 5 // 9
 
 
 def test_norm_silu_pad_values():

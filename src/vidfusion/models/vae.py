@@ -19,7 +19,8 @@ would otherwise look arbitrary:
   with GroupNorm statistics from reductions that fill the GPU (5B decode on an H100: 2.27 -> 1.05 s). The per-frame
   2D convs of the resamplers always run as 1 x k x k 3D convs, which saves two full-size copies per call.
   `fuse_norms(frame_slice=n)` also runs the layers on n-frame slices of each time chunk (statistics still chunk-wide,
-  so the numbers stay): memory, not speed; a layer then holds its input and output but no full-size temporaries.
+  so the numbers stay): memory, not speed; a layer then holds its input and output but no full-size temporaries,
+  and no upsampler output is held at all: the next resnet recomputes its slices for each of its three passes.
 - A few constants are hard-coded rather than taken from the config (GroupNorm eps 1e-6 in the encoder's output norm
   and in every SpatialNorm3D, SiLU before the output convolutions), because diffusers hard-codes them.
 - `scaling_factor`, `shift_factor`, `latents_mean/std`, `force_upcast` and `invert_scale_latents` are carried for the
@@ -282,11 +283,20 @@ def group_norm_stats(x: torch.Tensor, groups: int, eps: float) -> tuple[torch.Te
     The variance is E[x^2] - mean^2 in fp32 (clamped at 0); GroupNorm inputs here are O(1)-scaled activations, where
     its cancellation error is far below bf16's rounding.
     """
-    b, c = x.shape[:2]
-    rows = x.reshape(b, groups, -1, x.shape[-2] * x.shape[-1])
-    count = rows.shape[2] * rows.shape[3]
+    return _stats_from_sums(*_group_sums(x, groups), eps)
+
+
+def _group_sums(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per (sample, group) sum and sum of squares of x, [B, G] in fp32, and the number of elements they sum."""
+    rows = x.reshape(x.shape[0], groups, -1, x.shape[-2] * x.shape[-1])
     total = rows.sum(dim=-1, dtype=torch.float32).sum(dim=-1)
     squares = torch.linalg.vector_norm(rows, dim=-1, dtype=torch.float32).square().sum(dim=-1)
+    return total, squares, rows.shape[2] * rows.shape[3]
+
+
+def _stats_from_sums(
+    total: torch.Tensor, squares: torch.Tensor, count: int, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     mean = total / count
     var = (squares / count - mean.square()).clamp_min(0.0)
     return mean, torch.rsqrt(var + eps)
@@ -346,7 +356,7 @@ def fused_norm_conv(
     fuse: Callable[..., torch.Tensor],
     norm: nn.Module,
     conv: CausalConv3d,
-    x: torch.Tensor,
+    x: torch.Tensor | Upsampled,
     zq: torch.Tensor | None,
     cache: ConvCache,
     frame_slice: int | None = None,
@@ -358,27 +368,35 @@ def fused_norm_conv(
     of that many frames, written into `out` (new if None). Each slice is a chunk to the causal conv: it starts from
     the cache, and conv_padded leaves there its last padded frames, the next slice's past; after the last slice the
     cache holds what the unsliced call leaves. A slice reads only its own frames of x, so `out` may be x itself.
+    x may then also be `Upsampled`, computed slice by slice twice: for the statistics, then for the conv.
     """
     scale = shift = None
     if isinstance(norm, SpatialNorm3D):
         scale, shift = norm.conv_y(zq, cache), norm.conv_b(zq, cache)  # 1x1x1 convs at latent resolution
         norm = norm.norm_layer
-    mean, rstd = group_norm_stats(x, norm.num_groups, norm.eps)
     if frame_slice is None:
+        mean, rstd = group_norm_stats(x, norm.num_groups, norm.eps)
         padded = fuse(x, mean, rstd, norm.weight, norm.bias, scale, shift, cache.get(conv), conv.time_pad)
         return conv.conv_padded(padded, cache)
+    slices = _frame_slices(x.shape[2], frame_slice)
+    if isinstance(x, Upsampled):
+        mean, rstd = x.group_norm_stats(norm.num_groups, norm.eps, slices)
+    else:
+        mean, rstd = group_norm_stats(x, norm.num_groups, norm.eps)
     if scale is not None:
         # Resize in time now (cheap at latent resolution) so that each slice takes its own frames' modulation, which
         # `fuse` then only resizes in space: a time slice of the resized latents is not the resize of a time slice.
         scale, shift = (_resize(t, (x.shape[2], t.shape[3], t.shape[4])) for t in (scale, shift))
-    if out is None:
-        out = x.new_empty(x.shape[0], conv.conv.out_channels, *x.shape[2:])
-    for a, b in _frame_slices(x.shape[2], frame_slice):
+    for a, b in slices:
         part_scale, part_shift = (None, None) if scale is None else (scale[:, :, a:b], shift[:, :, a:b])
-        padded = fuse(x[:, :, a:b], mean, rstd, norm.weight, norm.bias, part_scale, part_shift, cache.get(conv),
+        padded = fuse(_frames(x, a, b), mean, rstd, norm.weight, norm.bias, part_scale, part_shift, cache.get(conv),
                       conv.time_pad)
-        out[:, :, a:b] = conv.conv_padded(padded, cache)
-        del padded  # before the next slice makes its own
+        part = conv.conv_padded(padded, cache)
+        del padded  # before `out` and before the next slice makes its own
+        if out is None:
+            out = part.new_empty(*part.shape[:2], x.shape[2], *part.shape[3:])
+        out[:, :, a:b] = part
+        del part
     return out
 
 
@@ -404,7 +422,7 @@ class ResnetBlock3D(nn.Module):
     def _norm(self, norm: nn.Module, h: torch.Tensor, zq: torch.Tensor | None, cache: ConvCache) -> torch.Tensor:
         return norm(h) if zq is None else norm(h, zq, cache)
 
-    def forward(self, x: torch.Tensor, cache: ConvCache, zq: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Upsampled, cache: ConvCache, zq: torch.Tensor | None = None) -> torch.Tensor:
         if self.fuse is not None and self.frame_slice is not None:
             return self._forward_sliced(x, cache, zq)
         if self.fuse is not None:
@@ -416,14 +434,17 @@ class ResnetBlock3D(nn.Module):
         skip = x if self.conv_shortcut is None else _conv3d_in_time_parts(self.conv_shortcut, x)
         return h + skip
 
-    def _forward_sliced(self, x: torch.Tensor, cache: ConvCache, zq: torch.Tensor | None) -> torch.Tensor:
+    def _forward_sliced(
+        self, x: torch.Tensor | Upsampled, cache: ConvCache, zq: torch.Tensor | None
+    ) -> torch.Tensor:
         """The fused forward in frame slices, with one full-size tensor besides x: conv2 writes over its input
-        (unless autograd keeps that input for the backward pass) and the skip is added into it slice by slice."""
+        (unless autograd keeps that input for the backward pass) and the skip is added into it slice by slice. An
+        `Upsampled` x is computed three times, slice by slice (norm1's statistics, conv1, the skip), never whole."""
         h = fused_norm_conv(self.fuse, self.norm1, self.conv1, x, zq, cache, self.frame_slice)
         h = fused_norm_conv(self.fuse, self.norm2, self.conv2, h, zq, cache, self.frame_slice,
                             out=None if h.requires_grad else h)
         for a, b in _frame_slices(x.shape[2], self.frame_slice):
-            skip = x[:, :, a:b]
+            skip = _frames(x, a, b)
             h[:, :, a:b] += skip if self.conv_shortcut is None else self.conv_shortcut(skip)
         return h
 
@@ -458,12 +479,9 @@ class Upsample3D(nn.Module):
         super().__init__()
         self.compress_time = compress_time
         self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
-        self.frame_slice: int | None = None  # set by CogVideoXVAE.fuse_norms
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x.shape[2]
-        if self.frame_slice is not None:
-            return self._forward_sliced(x)
         if self.compress_time and t > 1 and t % 2:
             first = F.interpolate(x[:, :, :1], scale_factor=(1, 2, 2))
             x = torch.cat([first, F.interpolate(x[:, :, 1:], scale_factor=2.0)], dim=2)
@@ -473,19 +491,54 @@ class Upsample3D(nn.Module):
             x = F.interpolate(x, scale_factor=(1, 2, 2))
         return _per_frame_conv(self.conv, x)
 
-    def _forward_sliced(self, x: torch.Tensor) -> torch.Tensor:
-        """forward in slices of output frames: the conv is per frame, so slices are independent. Output frame j
-        repeats input frame source[j], the time rule of the interpolations above."""
+    def source_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """Output frame j repeats input frame source[j]: the time rule of forward's interpolations."""
         t = x.shape[2]
         source = torch.arange(t, device=x.device)
         if self.compress_time and t > 1:
             source = source.repeat_interleave(2)[t % 2:]  # 0 0 1 1 ... for even t; 0 1 1 2 2 ... for odd t
-        out = x.new_empty(x.shape[0], self.conv.out_channels, len(source), 2 * x.shape[3], 2 * x.shape[4])
-        for a, b in _frame_slices(len(source), self.frame_slice):
-            frames = F.interpolate(x.index_select(2, source[a:b]), scale_factor=(1, 2, 2))
-            out[:, :, a:b] = _per_frame_conv(self.conv, frames)
-            del frames  # before the next slice makes its own
-        return out
+        return source
+
+    def frames(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """The output frames that repeat x's frames `source`: the conv is per frame, so any of them can be computed
+        alone."""
+        return _per_frame_conv(self.conv, F.interpolate(x.index_select(2, source), scale_factor=(1, 2, 2)))
+
+
+@dataclass
+class Upsampled:
+    """upsampler(x), never computed whole: the frame-sliced decoder passes this to the next resnet, which computes
+    the frames it needs slice by slice, three times over (`ResnetBlock3D._forward_sliced`). Held whole, the last
+    one would take 1.5 GiB per chunk in the 5B decoder (256 channels at full resolution, next to the resnet's
+    128-channel output); computed three times, its convs cost 55 TFLOP more in the 5B decode of 49 frames."""
+
+    upsampler: Upsample3D
+    x: torch.Tensor
+    source: torch.Tensor = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.source = self.upsampler.source_frames(self.x)
+
+    @property
+    def shape(self) -> torch.Size:
+        b, _, _, h, w = self.x.shape
+        return torch.Size((b, self.upsampler.conv.out_channels, len(self.source), 2 * h, 2 * w))
+
+    def frames(self, a: int, b: int) -> torch.Tensor:
+        return self.upsampler.frames(self.x, self.source[a:b])
+
+    def group_norm_stats(
+        self, groups: int, eps: float, slices: list[tuple[int, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`group_norm_stats` of the whole output, its sums accumulated over the given slices."""
+        sums = [_group_sums(self.frames(a, b), groups) for a, b in slices]
+        total, squares, count = (sum(s) for s in zip(*sums))
+        return _stats_from_sums(total, squares, count, eps)
+
+
+def _frames(x: torch.Tensor | Upsampled, a: int, b: int) -> torch.Tensor:
+    """Frames a:b of x."""
+    return x.frames(a, b) if isinstance(x, Upsampled) else x[:, :, a:b]
 
 
 class MidBlock3D(nn.Module):
@@ -569,11 +622,13 @@ class Decoder3D(nn.Module):
         h = self.mid_block(h, cache, zq=z)
         # Layer by layer, not through a block's forward, whose frame would hold the block's input through all of its
         # layers: the last block's input is the 2x upsampled feature map, 1.5 GiB per chunk in the 5B decode.
+        sliced = self.fuse is not None and self.frame_slice is not None
         for block in self.up_blocks:
             for resnet in block.resnets:
                 h = resnet(h, cache, z)
             if block.upsamplers is not None:
-                h = block.upsamplers[0](h)
+                # Sliced, the next block's first resnet computes the upsampled frames slice by slice (see Upsampled).
+                h = Upsampled(block.upsamplers[0], h) if sliced else block.upsamplers[0](h)
         if self.fuse is not None:
             return fused_norm_conv(self.fuse, self.norm_out, self.conv_out, h, z, cache, self.frame_slice)
         return self.conv_out(F.silu(self.norm_out(h, z, cache)), cache)
@@ -676,9 +731,11 @@ class CogVideoXVAE(nn.Module):
 
         `frame_slice=n` (inference memory) runs the fused convs, the resnet skips and the upsamplers on slices of n
         frames inside each time chunk, so that a layer holds its input and output but not its full-size
-        temporaries. GroupNorm statistics still pool the whole chunk and causal convs carry their past from slice to
-        slice, so the result is the unsliced one up to float reassociation. Resnets write their second conv over its
-        input, which autograd would need, so they do not when that input requires grad.
+        temporaries. An upsampler's output is not held at all: the decoder's next resnet recomputes its slices for
+        norm1's statistics, conv1 and the skip (`Upsampled`). GroupNorm statistics still pool the whole chunk and
+        causal convs carry their past from slice to slice, so the result is the unsliced one up to float
+        reassociation. Resnets write their second conv over its input, which autograd would need, so they do not
+        when that input requires grad.
         """
         if frame_slice is not None and frame_slice < 1:
             raise VidFusionError(f"frame_slice={frame_slice} is not a frame count; use a positive one (e.g. 2) or None")
@@ -696,7 +753,6 @@ class CogVideoXVAE(nn.Module):
         for module in self.modules():
             if isinstance(module, (ResnetBlock3D, Encoder3D, Decoder3D)):
                 module.fuse = fuse
-            if isinstance(module, (ResnetBlock3D, Encoder3D, Decoder3D, Upsample3D)):
                 module.frame_slice = frame_slice if enabled else None
 
     @property
