@@ -9,6 +9,7 @@
 #   DIT_INIT=path bash scripts/train_tiny_gpu.sh dit-more   # a further DiT cycle from exported weights
 #   bash scripts/train_tiny_gpu.sh objfocus     # the shipped model trained further with object_weight (loss
 #                                               # weighted to the objects) + a decoder-only VAE stage; FINAL=1 ends
+#   OBJ_INIT=path bash scripts/train_tiny_gpu.sh objmore   # one more object-weighted cycle, alone on the GPU
 #   bash scripts/train_tiny_gpu.sh taskmix      # masked-context DiT (T2V/I2V/extend/interpolate) widened from the
 #                                               # shipped transformer + a decoder-only VAE stage from the shipped VAE,
 #                                               # side by side; FINAL=1 on the last call sizes steps and exports
@@ -188,6 +189,17 @@ objfocus)  # the shipped task-mix model trained further with object-weighted los
     plan snapshot $R/obj $R/obj_snapshot && bring_back obj_snapshot $R/obj_snapshot
   fi
   [ -d $R/vae_e/export/vae ] && bring_back vae_e $R/vae_e/export/vae
+  ;;
+objmore)  # OBJ_INIT=transformer folder: a further object-weighted cycle alone on the GPU, in one call (v3 stage 2)
+  W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
+  args=(vae_path=$W/vae init_from=$OBJ_INIT task_mix=${TASK_MIX:-0.3,0.2,0.25,0.25} echo=4 lr=${OBJ_LR:-1e-4}
+        warmup_steps=100 object_weight=${OBJECT_WEIGHT:-4} num_workers=10 export_dtype=bf16 sample_every=100000
+        ckpt_every=500)
+  vidfusion train dit --config configs/dit_tiny.toml out_dir=$R/obj2 progress=false steps=${OBJ_STEPS:-2200} \
+    "${args[@]}" max_minutes=$(python3 -c "print(($(left) - 45) / 60)")
+  [ -f $R/obj2/export/model_index.json ] || finish $R/obj2 dit configs/dit_tiny.toml "${args[@]}"
+  cp $R/obj2/metrics.jsonl $OUT/obj2_metrics.jsonl
+  bring_back obj2_transformer $R/obj2/export/transformer
   ;;
 eval)  # eval MODEL_FOLDER: prompt adherence on 200 held-out prompts and world VAE PSNR, on the GPU
   vidfusion eval adherence --model $2 -n ${N:-200} --device cuda -q --json $OUT/adherence.json | tail -n 9
