@@ -1,5 +1,6 @@
 """CogVideoX VAE: weight names, config keys and numbers against diffusers' AutoencoderKLCogVideoX (fp32, CPU)."""
 
+import collections
 import dataclasses
 import inspect
 
@@ -286,12 +287,11 @@ def test_fused_norms_equal_the_module_path(pair):
 @torch.no_grad()
 @pytest.mark.parametrize("frame_slice", [1, 2, 3])
 def test_frame_sliced_fused_norms_equal_the_unsliced_path(pair, frame_slice):
-    """fuse_norms(frame_slice=n) runs the fused convs, resnet skips and upsamplers on n-frame slices of each time
-    chunk, with chunk-wide GroupNorm statistics and the causal convs' past carried from slice to slice; each
-    upsampler's output is recomputed slice by slice by the next resnet, with (32 -> 16 and 16 -> 8 channels) and
-    without (16 -> 16) a projected skip. Decode (7 latents: chunks of 3, 2, 2 latents, 9, 8, 8 frames at full
-    resolution, spatial norms throughout), encode (17 frames: 9 + 8) and a tiled decode must equal the unsliced
-    fused path and the module path."""
+    """fuse_norms(frame_slice=n) runs the full-resolution fused convs and resnet skips on n-frame slices of each time
+    chunk, with chunk-wide GroupNorm statistics and the causal convs' past carried from slice to slice; the last
+    upsampler's output is recomputed slice by slice by the next resnet (16 -> 8 channels, a projected skip). Decode
+    (7 latents: chunks of 3, 2, 2 latents, 9, 8, 8 frames at full resolution, spatial norms throughout), encode
+    (17 frames: 9 + 8) and a tiled decode must equal the unsliced fused path and the module path."""
     _, ours = pair
     x = _video(17, height=32, width=48)
     z = torch.randn(1, 4, 7, 4, 6, generator=torch.Generator().manual_seed(3))
@@ -316,6 +316,61 @@ def test_frame_sliced_fused_norms_equal_the_unsliced_path(pair, frame_slice):
         assert _max_diff(got, want_fused) < 1e-5
         assert _max_diff(got, want_module) < TOL
     assert all(getattr(m, "frame_slice", None) is None for m in ours.modules())
+
+
+@torch.no_grad()
+def test_frame_slice_applies_to_the_full_resolution_level_only(pair):
+    """Only the full-resolution level is sliced: there every fused norm sees at most n frames, while at every lower
+    resolution (encoder and decoder) it sees the same whole time chunks as unsliced. 17 frames encode as chunks of
+    9 + 8 at 32 x 48, 5 + 4 at 16 x 24, 3 + 2 below; 7 latents decode as 3 + 2 + 2 latents, 5 + 4 + 4 frames at
+    8 x 12 and 9 + 8 + 8 from 16 x 24 up."""
+    _, ours = pair
+    x = _video(17, height=32, width=48)
+    z = torch.randn(1, 4, 7, 4, 6, generator=torch.Generator().manual_seed(3))
+
+    def frames_by_width(frame_slice: int | None) -> dict[int, set[int]]:
+        seen = collections.defaultdict(set)
+
+        def record(h, *args):
+            seen[h.shape[-1]].add(h.shape[2])
+            return vae_module.norm_silu_pad(h, *args)
+
+        ours.fuse_norms(compile=False, frame_slice=frame_slice)
+        for m in ours.modules():
+            if getattr(m, "fuse", None) is not None:
+                m.fuse = record
+        ours.encode(x)
+        ours.decode(z)
+        return dict(seen)
+
+    try:
+        unsliced, sliced = frames_by_width(None), frames_by_width(2)
+        names = {name for name, m in ours.named_modules() if getattr(m, "frame_slice", None) == 2}
+    finally:
+        ours.fuse_norms(enabled=False)
+    assert unsliced == {48: {9, 8}, 24: {9, 8, 5, 4}, 12: {5, 4, 3, 2}, 6: {3, 2}}
+    assert sliced == {**unsliced, 48: {1, 2}}  # 9 frames as 1 + 2 + 2 + 2 + 2, 8 as 2 + 2 + 2 + 2
+    assert names == {"encoder.down_blocks.0.resnets.0", "decoder.up_blocks.3.resnets.0",
+                     "decoder.up_blocks.3.resnets.1", "decoder"}
+
+
+@torch.no_grad()
+def test_frame_sliced_decode_upsampling_time_into_an_unprojected_skip():
+    """The other Upsampled cases end to end: a last upsampler that also doubles time (temporal compression 8, so
+    that output frames repeat input frames, picked by index) into a first full-resolution resnet of equal widths
+    (its skip is the recomputed upsampled map itself). Chunks of 3 + 2 latents decode to 17 + 16 frames."""
+    torch.manual_seed(0)
+    config = tiny_random_config(temporal_compression_ratio=8, decoder_block_out_channels=(16, 16, 16, 32))
+    vae = CogVideoXVAE(config).eval()
+    assert vae.decoder.up_blocks[2].upsamplers[0].compress_time
+    assert vae.decoder.up_blocks[3].resnets[0].conv_shortcut is None
+    z = torch.randn(1, 4, 5, 4, 6, generator=torch.Generator().manual_seed(9))
+    vae.fuse_norms(compile=False)
+    want = vae.decode(z)
+    assert want.shape == (1, 3, 33, 32, 48)
+    for frame_slice in (2, 3):
+        vae.fuse_norms(compile=False, frame_slice=frame_slice)
+        assert _max_diff(vae.decode(z), want) < 1e-5
 
 
 def test_frame_sliced_decode_keeps_gradients(pair):
@@ -372,7 +427,8 @@ class _LargestStorage(TorchDispatchMode):
 def test_frame_sliced_decode_never_makes_an_upsampled_map(pair):
     """Sliced, the last upsampler's output (16 channels x 9 frames at 32 x 48 here, 256 x 9 at 480 x 720 in the 5B
     decode) never exists whole; the largest tensor is then the last resnets' 8-channel output, or for slices of 3
-    the padded 5-frame slice of that map. Unsliced, it does exist."""
+    the padded 5-frame slice of that map: the unsliced lower levels' tensors (a quarter of the pixels or fewer) stay
+    below both. Unsliced, it does exist."""
     _, ours = pair
     z = torch.randn(1, 4, 3, 4, 6, generator=torch.Generator().manual_seed(8))  # one chunk: 9 frames
     upsampled = 16 * 9 * 32 * 48 * 4  # bytes, fp32

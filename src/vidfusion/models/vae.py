@@ -18,9 +18,11 @@ would otherwise look arbitrary:
 - Inference speed: `fuse_norms()` swaps every norm -> SiLU -> causal-conv padding for one compiled pointwise kernel
   with GroupNorm statistics from reductions that fill the GPU (5B decode on an H100: 2.27 -> 1.05 s). The per-frame
   2D convs of the resamplers always run as 1 x k x k 3D convs, which saves two full-size copies per call.
-  `fuse_norms(frame_slice=n)` also runs the layers on n-frame slices of each time chunk (statistics still chunk-wide,
-  so the numbers stay): memory, not speed; a layer then holds its input and output but no full-size temporaries,
-  and no upsampler output is held at all: the next resnet recomputes its slices for each of its three passes.
+  `fuse_norms(frame_slice=n)` also runs the full-resolution level on n-frame slices of each time chunk (statistics
+  still chunk-wide, so the numbers stay): memory, at some speed. A sliced layer holds its input and output but no
+  full-size temporaries, and the upsampler feeding the level is never held whole: its next resnet recomputes its
+  slices for each of its three passes. The lower levels peak below that level even unsliced, so they run unsliced,
+  at full speed.
 - A few constants are hard-coded rather than taken from the config (GroupNorm eps 1e-6 in the encoder's output norm
   and in every SpatialNorm3D, SiLU before the output convolutions), because diffusers hard-codes them.
 - `scaling_factor`, `shift_factor`, `latents_mean/std`, `force_upcast` and `invert_scale_latents` are carried for the
@@ -269,8 +271,9 @@ def _resize_like(zq: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 
 
 def _frame_slices(frames: int, size: int) -> list[tuple[int, int]]:
-    """(start, end) of time slices of `size` frames, the remainder first (9 frames by 2 -> 1, 2, 2, 2, 2), where the
-    compiled `norm_silu_pad` already sees a shape of its own (the chunk's first slice, whose past is not a slice's)."""
+    """(start, end) of time slices of `size` frames, the remainder first (9 frames by 2 -> 1, 2, 2, 2, 2): in slices
+    of 1, 2 or 4 only a video's first chunk has a remainder (49 frames: 9, 8, 8, ...), and its first slice, which
+    has no past, is a graph of its own for the compiled `norm_silu_pad` anyway."""
     return list(itertools.pairwise([0, *range(frames % size or size, frames + 1, size)]))
 
 
@@ -368,17 +371,19 @@ def fused_norm_conv(
     of that many frames, written into `out` (new if None). Each slice is a chunk to the causal conv: it starts from
     the cache, and conv_padded leaves there its last padded frames, the next slice's past; after the last slice the
     cache holds what the unsliced call leaves. A slice reads only its own frames of x, so `out` may be x itself.
-    x may then also be `Upsampled`, computed slice by slice twice: for the statistics, then for the conv.
+    x may then also be `Upsampled`, computed slice by slice twice: for the statistics, then for the conv. A tensor x
+    that fits in one slice runs unsliced: the conv's own output is then the result (F.conv3d has no `out=`, so
+    every other slice costs a copy into `out`).
     """
     scale = shift = None
     if isinstance(norm, SpatialNorm3D):
         scale, shift = norm.conv_y(zq, cache), norm.conv_b(zq, cache)  # 1x1x1 convs at latent resolution
         norm = norm.norm_layer
-    if frame_slice is None:
+    slices = [(0, x.shape[2])] if frame_slice is None else _frame_slices(x.shape[2], frame_slice)
+    if len(slices) == 1 and not isinstance(x, Upsampled):
         mean, rstd = group_norm_stats(x, norm.num_groups, norm.eps)
         padded = fuse(x, mean, rstd, norm.weight, norm.bias, scale, shift, cache.get(conv), conv.time_pad)
         return conv.conv_padded(padded, cache)
-    slices = _frame_slices(x.shape[2], frame_slice)
     if isinstance(x, Upsampled):
         mean, rstd = x.group_norm_stats(norm.num_groups, norm.eps, slices)
     else:
@@ -417,13 +422,17 @@ class ResnetBlock3D(nn.Module):
         self.conv2 = CausalConv3d(out_channels, out_channels)
         self.conv_shortcut = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
         self.fuse: Callable[..., torch.Tensor] | None = None  # set by CogVideoXVAE.fuse_norms
-        self.frame_slice: int | None = None  # likewise
+        self.frame_slice: int | None = None  # likewise (full-resolution resnets only)
+
+    @property
+    def sliced(self) -> bool:
+        return self.fuse is not None and self.frame_slice is not None
 
     def _norm(self, norm: nn.Module, h: torch.Tensor, zq: torch.Tensor | None, cache: ConvCache) -> torch.Tensor:
         return norm(h) if zq is None else norm(h, zq, cache)
 
     def forward(self, x: torch.Tensor | Upsampled, cache: ConvCache, zq: torch.Tensor | None = None) -> torch.Tensor:
-        if self.fuse is not None and self.frame_slice is not None:
+        if self.sliced:
             return self._forward_sliced(x, cache, zq)
         if self.fuse is not None:
             h = fused_norm_conv(self.fuse, self.norm1, self.conv1, x, zq, cache)
@@ -438,11 +447,15 @@ class ResnetBlock3D(nn.Module):
         self, x: torch.Tensor | Upsampled, cache: ConvCache, zq: torch.Tensor | None
     ) -> torch.Tensor:
         """The fused forward in frame slices, with one full-size tensor besides x: conv2 writes over its input
-        (unless autograd keeps that input for the backward pass) and the skip is added into it slice by slice. An
-        `Upsampled` x is computed three times, slice by slice (norm1's statistics, conv1, the skip), never whole."""
+        (unless autograd keeps that input for the backward pass) and the skip is added into it, slice by slice where
+        it is projected or upsampled. An `Upsampled` x is computed three times, slice by slice (norm1's statistics,
+        conv1, the skip), never whole."""
         h = fused_norm_conv(self.fuse, self.norm1, self.conv1, x, zq, cache, self.frame_slice)
         h = fused_norm_conv(self.fuse, self.norm2, self.conv2, h, zq, cache, self.frame_slice,
                             out=None if h.requires_grad else h)
+        if isinstance(x, torch.Tensor) and self.conv_shortcut is None:
+            h += x  # in place, so nothing full-size is made: one pass instead of one per slice
+            return h
         for a, b in _frame_slices(x.shape[2], self.frame_slice):
             skip = _frames(x, a, b)
             h[:, :, a:b] += skip if self.conv_shortcut is None else self.conv_shortcut(skip)
@@ -491,41 +504,45 @@ class Upsample3D(nn.Module):
             x = F.interpolate(x, scale_factor=(1, 2, 2))
         return _per_frame_conv(self.conv, x)
 
-    def source_frames(self, x: torch.Tensor) -> torch.Tensor:
-        """Output frame j repeats input frame source[j]: the time rule of forward's interpolations."""
+    def source_frames(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Output frame j repeats input frame source[j], the time rule of forward's interpolations; None when
+        output frame j is input frame j."""
         t = x.shape[2]
-        source = torch.arange(t, device=x.device)
-        if self.compress_time and t > 1:
-            source = source.repeat_interleave(2)[t % 2:]  # 0 0 1 1 ... for even t; 0 1 1 2 2 ... for odd t
-        return source
+        if not self.compress_time or t == 1:
+            return None
+        return torch.arange(t, device=x.device).repeat_interleave(2)[t % 2:]  # 0 0 1 1 ... even t; 0 1 1 2 2 ... odd
 
-    def frames(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        """The output frames that repeat x's frames `source`: the conv is per frame, so any of them can be computed
-        alone."""
-        return _per_frame_conv(self.conv, F.interpolate(x.index_select(2, source), scale_factor=(1, 2, 2)))
+    def frames(self, x: torch.Tensor) -> torch.Tensor:
+        """The output frames that repeat x's frames, one each (x: input frames picked by `source_frames`): the conv
+        is per frame, so any of them can be computed alone."""
+        return _per_frame_conv(self.conv, F.interpolate(x, scale_factor=(1, 2, 2)))
 
 
 @dataclass
 class Upsampled:
-    """upsampler(x), never computed whole: the frame-sliced decoder passes this to the next resnet, which computes
-    the frames it needs slice by slice, three times over (`ResnetBlock3D._forward_sliced`). Held whole, the last
-    one would take 1.5 GiB per chunk in the 5B decoder (256 channels at full resolution, next to the resnet's
-    128-channel output); computed three times, its convs cost 55 TFLOP more in the 5B decode of 49 frames."""
+    """upsampler(x), never computed whole: the frame-sliced decoder passes the upsampler feeding its full-resolution
+    level to that level's first resnet, which computes the frames it needs slice by slice, three times over
+    (`ResnetBlock3D._forward_sliced`). Held whole it would take 1.5 GiB per chunk in the 5B decoder (256 channels at
+    480 x 720, next to the resnet's 128-channel output); computed three times, its convs cost 40 TFLOP more in the
+    5B decode of 49 frames."""
 
     upsampler: Upsample3D
     x: torch.Tensor
-    source: torch.Tensor = dataclasses.field(init=False)
+    source: torch.Tensor | None = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         self.source = self.upsampler.source_frames(self.x)
 
     @property
     def shape(self) -> torch.Size:
-        b, _, _, h, w = self.x.shape
-        return torch.Size((b, self.upsampler.conv.out_channels, len(self.source), 2 * h, 2 * w))
+        b, _, t, h, w = self.x.shape
+        frames = t if self.source is None else len(self.source)
+        return torch.Size((b, self.upsampler.conv.out_channels, frames, 2 * h, 2 * w))
 
     def frames(self, a: int, b: int) -> torch.Tensor:
-        return self.upsampler.frames(self.x, self.source[a:b])
+        if self.source is None:  # no time upsampling (the full-resolution one in CogVideoX): a view, not a copy
+            return self.upsampler.frames(self.x[:, :, a:b])
+        return self.upsampler.frames(self.x.index_select(2, self.source[a:b]))
 
     def group_norm_stats(
         self, groups: int, eps: float, slices: list[tuple[int, int]]
@@ -585,7 +602,6 @@ class Encoder3D(nn.Module):
         self.norm_out = nn.GroupNorm(config.norm_num_groups, ch[-1], eps=1e-6)
         self.conv_out = CausalConv3d(ch[-1], 2 * config.latent_channels)
         self.fuse: Callable[..., torch.Tensor] | None = None  # set by CogVideoXVAE.fuse_norms
-        self.frame_slice: int | None = None  # likewise
 
     def forward(self, x: torch.Tensor, cache: ConvCache) -> torch.Tensor:
         h = self.conv_in(x, cache)
@@ -596,7 +612,7 @@ class Encoder3D(nn.Module):
                 h = block.downsamplers[0](h)
         h = self.mid_block(h, cache)
         if self.fuse is not None:
-            return fused_norm_conv(self.fuse, self.norm_out, self.conv_out, h, None, cache, self.frame_slice)
+            return fused_norm_conv(self.fuse, self.norm_out, self.conv_out, h, None, cache)
         return self.conv_out(F.silu(self.norm_out(h)), cache)
 
 
@@ -615,20 +631,20 @@ class Decoder3D(nn.Module):
         self.norm_out = SpatialNorm3D(ch[-1], config.latent_channels, config.norm_num_groups)
         self.conv_out = CausalConv3d(ch[-1], config.out_channels)
         self.fuse: Callable[..., torch.Tensor] | None = None  # set by CogVideoXVAE.fuse_norms
-        self.frame_slice: int | None = None  # likewise
+        self.frame_slice: int | None = None  # likewise, for norm_out -> conv_out (at full resolution)
 
     def forward(self, z: torch.Tensor, cache: ConvCache) -> torch.Tensor:
         h = self.conv_in(z, cache)
         h = self.mid_block(h, cache, zq=z)
         # Layer by layer, not through a block's forward, whose frame would hold the block's input through all of its
         # layers: the last block's input is the 2x upsampled feature map, 1.5 GiB per chunk in the 5B decode.
-        sliced = self.fuse is not None and self.frame_slice is not None
-        for block in self.up_blocks:
+        for i, block in enumerate(self.up_blocks):
             for resnet in block.resnets:
                 h = resnet(h, cache, z)
             if block.upsamplers is not None:
-                # Sliced, the next block's first resnet computes the upsampled frames slice by slice (see Upsampled).
-                h = Upsampled(block.upsamplers[0], h) if sliced else block.upsamplers[0](h)
+                # A sliced next block (the full-resolution one) computes the upsampled frames slice by slice.
+                lazy = self.up_blocks[i + 1].resnets[0].sliced
+                h = Upsampled(block.upsamplers[0], h) if lazy else block.upsamplers[0](h)
         if self.fuse is not None:
             return fused_norm_conv(self.fuse, self.norm_out, self.conv_out, h, z, cache, self.frame_slice)
         return self.conv_out(F.silu(self.norm_out(h, z, cache)), cache)
@@ -729,13 +745,21 @@ class CogVideoXVAE(nn.Module):
         memory: benchmarks/bench_vae_decode.py and docs/inference.md. `compile=False` runs the same functions
         eagerly (for tests and debugging).
 
-        `frame_slice=n` (inference memory) runs the fused convs, the resnet skips and the upsamplers on slices of n
-        frames inside each time chunk, so that a layer holds its input and output but not its full-size
-        temporaries. An upsampler's output is not held at all: the decoder's next resnet recomputes its slices for
-        norm1's statistics, conv1 and the skip (`Upsampled`). GroupNorm statistics still pool the whole chunk and
-        causal convs carry their past from slice to slice, so the result is the unsliced one up to float
-        reassociation. Resnets write their second conv over its input, which autograd would need, so they do not
-        when that input requires grad.
+        `frame_slice=n` (inference memory) runs the full-resolution level on slices of n frames inside each time
+        chunk: the decoder's last up block (its fused convs and skips), the upsampler feeding it and the output
+        norm -> conv, and the encoder's first down block's resnets. A sliced layer holds its input and output but not
+        its full-size temporaries, and the upsampler's output is not held at all: the block's first resnet recomputes
+        its slices for norm1's statistics, conv1 and the skip (`Upsampled`). GroupNorm statistics still pool the
+        whole chunk and causal convs carry their past from slice to slice, so the result is the unsliced one up to
+        float reassociation. Resnets write their second conv over its input, which autograd would need, so they do
+        not when that input requires grad.
+
+        Only that level, because only it sets the peak. In the 5B decode on an H100 (bf16, 49 x 480 x 720, n = 1),
+        the upsample into it plus its first resnet peaked at 5.49 GiB sliced against 9.25 GiB unsliced, while no
+        lower level passed 5.46 GiB unsliced (the 240 x 360 resnets: the floor of this scheme). With every level
+        sliced, the decode took 1.66-1.88 s against 1.05 s unsliced: small slices at low resolution are
+        launch-bound, and their upsamplers were recomputed too. The encoder's other full-resolution layers (conv_in
+        and the first downsampler) run unsliced.
         """
         if frame_slice is not None and frame_slice < 1:
             raise VidFusionError(f"frame_slice={frame_slice} is not a frame count; use a positive one (e.g. 2) or None")
@@ -744,8 +768,8 @@ class CogVideoXVAE(nn.Module):
             # Static shapes: with dynamic ones inductor's kernels for the resize indexing ran 2x slower than eager
             # (H100, 5B decode). That is one graph per layer shape (~20 for the 5B decoder, 35 s of compiling), more
             # than dynamo's default limit of 8 per function, past which it silently falls back to eager. Slices
-            # (whose strides differ between chunk lengths, and dynamo specialises on strides too) and tiles multiply
-            # that: for 13 latents 1.5x in slices of 2, and 5B-sized tiles another 4x.
+            # (whose strides differ between chunk lengths, and dynamo specialises on strides too) add a few: 12 -> 14
+            # input layouts in the 5B decode of 13 latents, slices of 1 or 2. 5B-sized tiles multiply them by 4.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
             fuse = torch.compile(norm_silu_pad, dynamic=False)
         elif enabled:
@@ -753,7 +777,12 @@ class CogVideoXVAE(nn.Module):
         for module in self.modules():
             if isinstance(module, (ResnetBlock3D, Encoder3D, Decoder3D)):
                 module.fuse = fuse
-                module.frame_slice = frame_slice if enabled else None
+            if isinstance(module, (ResnetBlock3D, Decoder3D)):
+                module.frame_slice = None
+        if enabled and frame_slice is not None:
+            # The full-resolution level only (see above).
+            for module in (*self.encoder.down_blocks[0].resnets, *self.decoder.up_blocks[-1].resnets, self.decoder):
+                module.frame_slice = frame_slice
 
     @property
     def tile_latent_min_height(self) -> int:
