@@ -48,6 +48,40 @@ finish() {
   vidfusion train $kind --config $config out_dir=$run progress=false "$@" steps=$(plan step $run)
 }
 
+# side_by_side DIT_RUN VAE_RUN DIT_STEPS VAE_STEPS: a DiT run (arguments in the array dit_args) and a decoder-only
+# VAE run (vae_args) on one GPU until the call's time is up. FINAL=1 sizes both schedules to end in this call and
+# exports both; a DiT run that is not finished sends back a bf16 snapshot of its EMA instead.
+side_by_side() {
+  local d=$1 v=$2 dit_steps=$3 vae_steps=$4 minutes dit vae
+  minutes=$(python3 -c "print(($(left) - 60) / 60)")
+  if [ -n "${FINAL:-}" ]; then
+    dit_steps=$(plan fill $R/$d 64 $(($(left) - 75)))
+    vae_steps=$(plan fill $R/$v 8 $(($(left) - 75)))
+    echo "final: DiT to $dit_steps steps, VAE decoder to $vae_steps steps"
+  fi
+  vidfusion train dit --config configs/dit_tiny.toml out_dir=$R/$d progress=false steps=$dit_steps "${dit_args[@]}" \
+    max_minutes=$minutes > $R/$d.log &
+  dit=$!
+  vidfusion train vae --config configs/vae_tiny.toml out_dir=$R/$v progress=false steps=$vae_steps "${vae_args[@]}" \
+    max_minutes=$minutes > $R/$v.log &
+  vae=$!
+  wait $dit $vae || true
+  tail -n 3 $R/$d.log $R/$v.log || true
+  if [ -n "${FINAL:-}" ]; then
+    [ -f $R/$d/export/model_index.json ] || finish $R/$d dit configs/dit_tiny.toml "${dit_args[@]}"
+    [ -d $R/$v/export/vae ] || finish $R/$v vae configs/vae_tiny.toml "${vae_args[@]}"
+  fi
+  cp $R/$d/metrics.jsonl $OUT/${d}_metrics.jsonl
+  cp $R/$v/metrics.jsonl $OUT/${v}_metrics.jsonl
+  cp "$(ls $R/$d/samples/*.png | tail -1)" $OUT/${d}_samples.png || true
+  if [ -f $R/$d/export/model_index.json ]; then
+    bring_back ${d}_transformer $R/$d/export/transformer
+  else
+    plan snapshot $R/$d $R/${d}_snapshot && bring_back ${d}_snapshot $R/${d}_snapshot
+  fi
+  if [ -d $R/$v/export/vae ]; then bring_back $v $R/$v/export/vae; fi
+}
+
 bring_back() {  # bring_back NAME FOLDER: tar a folder into 15 MB parts under $OUT
   tar -C "$(dirname $2)" -cf - "$(basename $2)" | split -b 15M - $OUT/$1.tar.part-
 }
@@ -119,76 +153,20 @@ dit-more)
   ;;
 taskmix)
   W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
-  MIX_STEPS=${MIX_STEPS:-4000}
-  VAE_D_STEPS=${VAE_D_STEPS:-4000}
-  minutes=$(python3 -c "print(($(left) - 60) / 60)")
-  if [ -n "${FINAL:-}" ]; then
-    MIX_STEPS=$(plan fill $R/mix 64 $(($(left) - 75)))
-    VAE_D_STEPS=$(plan fill $R/vae_d 8 $(($(left) - 75)))
-    echo "final: task mix to $MIX_STEPS steps, VAE decoder to $VAE_D_STEPS steps"
-  fi
-  mix=(vae_path=$W/vae init_from=$W/transformer task_mix=${TASK_MIX:-0.3,0.2,0.25,0.25} echo=2 lr=${MIX_LR:-2e-4}
-       warmup_steps=200 num_workers=10 export_dtype=bf16 sample_every=1000 ckpt_every=500)
-  vd=(preset=tiny $VAE_ARCH init_from=$W/vae train_encoder=false batch_size=8 lr=1e-4 warmup_steps=100
-      disc_start=10000000 num_workers=5 sample_every=1000 ckpt_every=500)
-  vidfusion train dit --config configs/dit_tiny.toml out_dir=$R/mix progress=false steps=$MIX_STEPS "${mix[@]}" \
-    max_minutes=$minutes > $R/mix.log &
-  dit=$!
-  vidfusion train vae --config configs/vae_tiny.toml out_dir=$R/vae_d progress=false steps=$VAE_D_STEPS "${vd[@]}" \
-    max_minutes=$minutes > $R/vae_d.log &
-  vae=$!
-  wait $dit $vae || true
-  tail -n 3 $R/mix.log $R/vae_d.log || true
-  if [ -n "${FINAL:-}" ]; then
-    [ -f $R/mix/export/model_index.json ] || finish $R/mix dit configs/dit_tiny.toml "${mix[@]}"
-    [ -d $R/vae_d/export/vae ] || finish $R/vae_d vae configs/vae_tiny.toml "${vd[@]}"
-  fi
-  cp $R/mix/metrics.jsonl $OUT/mix_metrics.jsonl
-  cp $R/vae_d/metrics.jsonl $OUT/vae_d_metrics.jsonl
-  cp "$(ls $R/mix/samples/*.png | tail -1)" $OUT/mix_samples.png || true
-  if [ -f $R/mix/export/model_index.json ]; then
-    bring_back mix_transformer $R/mix/export/transformer
-  else
-    plan snapshot $R/mix $R/mix_snapshot && bring_back mix_snapshot $R/mix_snapshot
-  fi
-  [ -d $R/vae_d/export/vae ] && bring_back vae_d $R/vae_d/export/vae
+  dit_args=(vae_path=$W/vae init_from=$W/transformer task_mix=${TASK_MIX:-0.3,0.2,0.25,0.25} echo=2
+            lr=${MIX_LR:-2e-4} warmup_steps=200 num_workers=10 export_dtype=bf16 sample_every=1000 ckpt_every=500)
+  vae_args=(preset=tiny $VAE_ARCH init_from=$W/vae train_encoder=false batch_size=8 lr=1e-4 warmup_steps=100
+            disc_start=10000000 num_workers=5 sample_every=1000 ckpt_every=500)
+  side_by_side mix vae_d ${MIX_STEPS:-4000} ${VAE_D_STEPS:-4000}
   ;;
 objfocus)  # the shipped task-mix model trained further with object-weighted loss + decoder-only VAE, side by side
   W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
-  OBJ_STEPS=${OBJ_STEPS:-6000}
-  VAE_E_STEPS=${VAE_E_STEPS:-4000}
-  minutes=$(python3 -c "print(($(left) - 60) / 60)")
-  if [ -n "${FINAL:-}" ]; then
-    OBJ_STEPS=$(plan fill $R/obj 64 $(($(left) - 75)))
-    VAE_E_STEPS=$(plan fill $R/vae_e 8 $(($(left) - 75)))
-    echo "final: object-weighted DiT to $OBJ_STEPS steps, VAE decoder to $VAE_E_STEPS steps"
-  fi
-  obj=(vae_path=$W/vae init_from=$W/transformer task_mix=${TASK_MIX:-0.3,0.2,0.25,0.25} echo=2 lr=${OBJ_LR:-1.5e-4}
-       warmup_steps=200 object_weight=${OBJECT_WEIGHT:-4} num_workers=11 export_dtype=bf16 sample_every=1000
-       ckpt_every=500)
-  ve=(preset=tiny $VAE_ARCH init_from=$W/vae train_encoder=false batch_size=8 lr=1e-4 warmup_steps=100
-      disc_start=10000000 num_workers=4 sample_every=1000 ckpt_every=500)
-  vidfusion train dit --config configs/dit_tiny.toml out_dir=$R/obj progress=false steps=$OBJ_STEPS "${obj[@]}" \
-    max_minutes=$minutes > $R/obj.log &
-  dit=$!
-  vidfusion train vae --config configs/vae_tiny.toml out_dir=$R/vae_e progress=false steps=$VAE_E_STEPS "${ve[@]}" \
-    max_minutes=$minutes > $R/vae_e.log &
-  vae=$!
-  wait $dit $vae || true
-  tail -n 3 $R/obj.log $R/vae_e.log || true
-  if [ -n "${FINAL:-}" ]; then
-    [ -f $R/obj/export/model_index.json ] || finish $R/obj dit configs/dit_tiny.toml "${obj[@]}"
-    [ -d $R/vae_e/export/vae ] || finish $R/vae_e vae configs/vae_tiny.toml "${ve[@]}"
-  fi
-  cp $R/obj/metrics.jsonl $OUT/obj_metrics.jsonl
-  cp $R/vae_e/metrics.jsonl $OUT/vae_e_metrics.jsonl
-  cp "$(ls $R/obj/samples/*.png | tail -1)" $OUT/obj_samples.png || true
-  if [ -f $R/obj/export/model_index.json ]; then
-    bring_back obj_transformer $R/obj/export/transformer
-  else
-    plan snapshot $R/obj $R/obj_snapshot && bring_back obj_snapshot $R/obj_snapshot
-  fi
-  [ -d $R/vae_e/export/vae ] && bring_back vae_e $R/vae_e/export/vae
+  dit_args=(vae_path=$W/vae init_from=$W/transformer task_mix=${TASK_MIX:-0.3,0.2,0.25,0.25} echo=2
+            lr=${OBJ_LR:-1.5e-4} warmup_steps=200 object_weight=${OBJECT_WEIGHT:-4} num_workers=11 export_dtype=bf16
+            sample_every=1000 ckpt_every=500)
+  vae_args=(preset=tiny $VAE_ARCH init_from=$W/vae train_encoder=false batch_size=8 lr=1e-4 warmup_steps=100
+            disc_start=10000000 num_workers=4 sample_every=1000 ckpt_every=500)
+  side_by_side obj vae_e ${OBJ_STEPS:-6000} ${VAE_E_STEPS:-4000}
   ;;
 objmore)  # OBJ_INIT=transformer folder: a further object-weighted cycle alone on the GPU, in one call (v3 stage 2)
   W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
