@@ -65,6 +65,16 @@ def step_flops(config: TransformerConfig, video_tokens: int, text_tokens: int, b
     return batch * (config.num_layers * per_layer + embed)
 
 
+def benchmark_shape(args: argparse.Namespace) -> tuple[TransformerConfig, tuple[int, int, int], int]:
+    """(transformer config, latent frames / height / width, text tokens) from --config, --tiny and the video size."""
+    preset = CONFIGS[args.config]
+    if args.tiny:
+        config = tiny_config(preset)
+        return config, (3, 8, 12), config.max_text_seq_length
+    latents = ((args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
+    return TRANSFORMER_PRESETS[preset], latents, args.text_tokens
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -126,14 +136,7 @@ def main() -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    preset = CONFIGS[args.config]
-    if args.tiny:
-        config = tiny_config(preset)
-        latent_f, latent_h, latent_w, text_tokens = 3, 8, 12, config.max_text_seq_length
-    else:
-        config = TRANSFORMER_PRESETS[preset]
-        latent_f, latent_h, latent_w = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
-        text_tokens = args.text_tokens
+    config, (latent_f, latent_h, latent_w), text_tokens = benchmark_shape(args)
     video_tokens = latent_f * (latent_h // config.patch_size) * (latent_w // config.patch_size)
     batch = 2
     flops = step_flops(config, video_tokens, text_tokens, batch)

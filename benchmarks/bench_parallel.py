@@ -23,10 +23,10 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_inference import CONFIGS, time_steps  # noqa: E402
+from bench_inference import CONFIGS, benchmark_shape, time_steps  # noqa: E402
 
 from vidfusion.io.checkpoint import write_json  # noqa: E402
-from vidfusion.models.transformer import TRANSFORMER_PRESETS, CogVideoXTransformer, tiny_config  # noqa: E402
+from vidfusion.models.transformer import CogVideoXTransformer  # noqa: E402
 from vidfusion.parallel import (  # noqa: E402
     destroy_distributed,
     init_distributed,
@@ -53,14 +53,7 @@ def main() -> None:
     state = make_parallel_groups(state, *parallel_degrees(state.world_size, guided=True))
     device = state.device
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    preset = CONFIGS[args.config]
-    if args.tiny:
-        config = tiny_config(preset)
-        latent_f, latent_h, latent_w, text_tokens = 3, 8, 12, config.max_text_seq_length
-    else:
-        config = TRANSFORMER_PRESETS[preset]
-        latent_f, latent_h, latent_w = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
-        text_tokens = args.text_tokens
+    config, (latent_f, latent_h, latent_w), text_tokens = benchmark_shape(args)
 
     torch.manual_seed(0)
     with torch.device(device):
