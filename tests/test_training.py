@@ -331,7 +331,7 @@ def test_object_weights_cover_the_latent_cells_of_each_frame_group():
     expected[0, 0, 0:2, 0:2] = 5.0
     expected[0, 2, 4:7, 1:4] = 5.0
     assert torch.equal(w[:, :, 0], expected)
-    with pytest.raises(VidFusionError, match="4k \\+ 1"):
+    with pytest.raises(VidFusionError, match="4k\\+1"):
         latent_object_weights(objects[:, :8], config, 4.0)
 
     pred, target = torch.randn(2, 3, 4, 8, 8), torch.randn(2, 3, 4, 8, 8)

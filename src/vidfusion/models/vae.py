@@ -380,14 +380,13 @@ def fused_norm_conv(
         scale, shift = norm.conv_y(zq, cache), norm.conv_b(zq, cache)  # 1x1x1 convs at latent resolution
         norm = norm.norm_layer
     slices = [(0, x.shape[2])] if frame_slice is None else _frame_slices(x.shape[2], frame_slice)
-    if len(slices) == 1 and not isinstance(x, Upsampled):
-        mean, rstd = group_norm_stats(x, norm.num_groups, norm.eps)
-        padded = fuse(x, mean, rstd, norm.weight, norm.bias, scale, shift, cache.get(conv), conv.time_pad)
-        return conv.conv_padded(padded, cache)
     if isinstance(x, Upsampled):
         mean, rstd = x.group_norm_stats(norm.num_groups, norm.eps, slices)
     else:
         mean, rstd = group_norm_stats(x, norm.num_groups, norm.eps)
+        if len(slices) == 1:
+            padded = fuse(x, mean, rstd, norm.weight, norm.bias, scale, shift, cache.get(conv), conv.time_pad)
+            return conv.conv_padded(padded, cache)
     if scale is not None:
         # Resize in time now (cheap at latent resolution) so that each slice takes its own frames' modulation, which
         # `fuse` then only resizes in space: a time slice of the resized latents is not the resize of a time slice.
@@ -494,19 +493,12 @@ class Upsample3D(nn.Module):
         self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = x.shape[2]
-        if self.compress_time and t > 1 and t % 2:
-            first = F.interpolate(x[:, :, :1], scale_factor=(1, 2, 2))
-            x = torch.cat([first, F.interpolate(x[:, :, 1:], scale_factor=2.0)], dim=2)
-        elif self.compress_time and t > 1:
-            x = F.interpolate(x, scale_factor=2.0)
-        else:
-            x = F.interpolate(x, scale_factor=(1, 2, 2))
-        return _per_frame_conv(self.conv, x)
+        source = self.source_frames(x)
+        return self.frames(x if source is None else x.index_select(2, source))
 
     def source_frames(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Output frame j repeats input frame source[j], the time rule of forward's interpolations; None when
-        output frame j is input frame j."""
+        """Output frame j repeats input frame source[j] (nearest 2x in time, frame 0 not doubled for odd counts);
+        None when output frame j is input frame j."""
         t = x.shape[2]
         if not self.compress_time or t == 1:
             return None

@@ -349,8 +349,7 @@ def latent_object_weights(objects: torch.Tensor, vae_config, weight: float) -> t
     the causal VAE encodes them) or borders one (3x3 dilation: an edge blurred by motion spills into neighbours)."""
     r, s = vae_config.temporal_compression_ratio, vae_config.spatial_compression_ratio
     m = objects.float()
-    if (m.shape[1] - 1) % r:
-        raise VidFusionError(f"object masks have {m.shape[1]} frames; the VAE needs {r}k + 1")
+    latent_num_frames(m.shape[1], r)  # raises, naming the valid counts, unless T = r k + 1
     first = F.max_pool2d(m[:, :1], s)  # [B, 1, h, w]
     rest = F.max_pool3d(m[:, 1:].unsqueeze(1), (r, s, s)).squeeze(1)  # [B, F - 1, h, w]
     cells = torch.cat([first, rest], dim=1)
