@@ -7,6 +7,7 @@ downloaded. On the GPU machine (diffusers carried as a wheel):
     python benchmarks/bench_vae_decode.py --no-diffusers --memory-breakdown   # peak per decoder stage
     python benchmarks/bench_vae_decode.py --no-diffusers --frame-slice 1      # slices of 1 frame instead of 2
     python benchmarks/bench_vae_decode.py --variants fused,sliced             # skip the rest (tiled compiles 72 s)
+    python benchmarks/bench_vae_decode.py --variants sliced --profile         # top kernels of one sliced decode
 
 Defaults: the CogVideoX-5B VAE config, 13 x 60 x 90 latents (49 frames at 480 x 720), bf16 on CUDA. On CPU (fp32) use
 --tiny, a tiny config of the same kind, to check that the script runs:
@@ -17,8 +18,8 @@ Variants (--variants, all by default): eager (ours), fused (fuse_norms(), compil
 sliced (the same untiled, with the full-resolution level in frame slices, fuse_norms(frame_slice=N): the unsliced
 numbers, less memory), diffusers and diffusers-tiled.
 Reported per variant: median seconds over --runs timed decodes after one untimed one (compile time falls there and
-is reported apart), peak allocated memory during the timed decodes (CUDA; weights, latents and the previous decode's
-output, 0.1 GiB for the 5B default, included), and the error
+is reported apart), peak allocated memory during the timed decodes (CUDA; weights and latents included; the previous
+decode's output is freed first and the fp32 reference stays on the CPU), and the error
 against an fp32 decode with the same weights, max|x - x_fp32| / max|x_fp32|. Our eager bf16 decode's own error is the
 bf16 tolerance the other variants are read against.
 """
@@ -55,6 +56,7 @@ def timed(fn, runs: int, device: torch.device) -> tuple[float, float, float, tor
         torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(runs):
+        out = None  # the previous output is freed before the next call, so the peak is one decode's
         sync()
         start = time.perf_counter()
         out = fn()
@@ -106,10 +108,24 @@ def memory_breakdown(vae: CogVideoXVAE, z: torch.Tensor) -> dict[str, dict[str, 
     return seen
 
 
+def profile_decode(vae: CogVideoXVAE, z: torch.Tensor) -> None:
+    """Print the kernels that took the most device time in one decode (after the timed ones, so nothing compiles)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if z.is_cuda else [])
+    with profile(activities=activities) as prof:
+        vae.decode(z)
+        if z.is_cuda:
+            torch.cuda.synchronize()
+    sort_by = "cuda_time_total" if z.is_cuda else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=20, max_name_column_width=80))
+
+
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """Against the fp32 reference, which stays on the CPU so that it does not count in the GPU peaks."""
     if x.shape != ref.shape:  # diffusers' tiling crops tiny inputs to another size
         return float("nan")
-    return ((x.float() - ref).abs().max() / ref.abs().max()).item()
+    return ((x.float().cpu() - ref).abs().max() / ref.abs().max()).item()
 
 
 def main() -> None:
@@ -130,6 +146,8 @@ def main() -> None:
                              "compiled variants, unsliced and frame-sliced)")
     parser.add_argument("--frame-slice", type=int, default=2, metavar="N",
                         help="frames per slice of the fused + frame-sliced variant (full-resolution level)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing, profile one decode of the last variant of ours and print its top kernels")
     parser.add_argument("--json", metavar="OUT")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -164,16 +182,15 @@ def main() -> None:
             reference = reference.cpu()
         vae.to(device, dtype)
         zd = z.to(device, dtype)
-        ref_dev = reference.to(device)
         if "eager" in variants:
             seconds, first, peak, out = timed(lambda: vae.decode(zd), args.runs, device)
-            record("ours eager", seconds, first, peak, rel_err(out, ref_dev))
+            record("ours eager", seconds, first, peak, rel_err(out, reference))
             del out
         if "fused" in variants or "tiled" in variants:
             vae.fuse_norms(compile=True)
         if "fused" in variants:
             seconds, first, peak, out = timed(lambda: vae.decode(zd), args.runs, device)
-            record("ours fused (compiled)", seconds, first, peak, rel_err(out, ref_dev))
+            record("ours fused (compiled)", seconds, first, peak, rel_err(out, reference))
             del out
             if args.memory_breakdown and device.type == "cuda":
                 print("  ours fused (compiled):")
@@ -183,7 +200,7 @@ def main() -> None:
             # GroupNorm statistics and the blending change the result
             vae.enable_tiling()
             seconds, first, peak, out = timed(lambda: vae.decode(zd), args.runs, device)
-            record("ours fused + tiled", seconds, first, peak, rel_err(out, ref_dev))
+            record("ours fused + tiled", seconds, first, peak, rel_err(out, reference))
             del out
             vae.disable_tiling()
         if "sliced" in variants:
@@ -191,11 +208,13 @@ def main() -> None:
             vae.fuse_norms(compile=True, frame_slice=args.frame_slice)
             results["frame_slice"] = args.frame_slice
             seconds, first, peak, out = timed(lambda: vae.decode(zd), args.runs, device)
-            record("ours fused + frame-sliced", seconds, first, peak, rel_err(out, ref_dev))
+            record("ours fused + frame-sliced", seconds, first, peak, rel_err(out, reference))
             del out
             if args.memory_breakdown and device.type == "cuda":
                 print(f"  ours fused + frame-sliced (slices of {args.frame_slice} frames):")
                 results["memory_breakdown_frame_sliced"] = memory_breakdown(vae, zd)
+        if args.profile:
+            profile_decode(vae, zd)
         vae.fuse_norms(enabled=False)
         state = vae.state_dict()
         vae = None  # free it before diffusers loads
@@ -211,12 +230,12 @@ def main() -> None:
             theirs.to(device, dtype).eval()
             if "diffusers" in variants:
                 seconds, first, peak, out = timed(lambda: theirs.decode(zd).sample, args.runs, device)
-                record("diffusers", seconds, first, peak, rel_err(out, ref_dev))
+                record("diffusers", seconds, first, peak, rel_err(out, reference))
                 del out
             if "diffusers-tiled" in variants:
                 theirs.enable_tiling()
                 seconds, first, peak, out = timed(lambda: theirs.decode(zd).sample, args.runs, device)
-                record("diffusers tiled", seconds, first, peak, rel_err(out, ref_dev))
+                record("diffusers tiled", seconds, first, peak, rel_err(out, reference))
     if args.json:
         write_json(args.json, results)
 

@@ -9,8 +9,11 @@ import torch.multiprocessing as mp
 
 from vidfusion.errors import VidFusionError
 from vidfusion.models.transformer import CogVideoXTransformer, tiny_config
+from vidfusion.models.vae import CogVideoXVAE
+from vidfusion.models.vae import tiny_random_config as tiny_vae_config
 from vidfusion.parallel import (
     ParallelState,
+    assign_tiles,
     cfg_parallel,
     chunk_sizes,
     enable_sequence_parallel,
@@ -18,6 +21,8 @@ from vidfusion.parallel import (
     make_parallel_groups,
     parallel_degrees,
     parallelize,
+    split_vae_tiles,
+    unsplit_vae_tiles,
 )
 
 from test_fused_ops import randomize  # noqa: E402  (the same random weights as the fused-op tests)
@@ -69,6 +74,7 @@ def _worker(rank: int, world: int, store: str, out_dir: str) -> None:
                     # Dynamo traces the collectives too: no graph break (aot_eager: no codegen, see test_fused_ops).
                     got = torch.compile(model, fullgraph=True, backend="aot_eager")(x, ctx, t)
                     results["compiled_sp"] = rel_err(got, want)
+            results["vae"] = _vae_tiles_case()
             try:
                 enable_sequence_parallel(random_model("cogvideox-5b", seed=0, num_attention_heads=3))
             except VidFusionError as e:
@@ -97,13 +103,35 @@ def _worker(rank: int, world: int, store: str, out_dir: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+def _vae_tiles_case() -> dict:
+    """Tiled decode and encode of a tiny VAE with its tiles split over the ranks, against the same calls run whole
+    here; and how many tiles this rank computed itself (6 tiles of 4 x 4 latents every 3, over 6 x 8 latents)."""
+    torch.manual_seed(0)
+    vae = CogVideoXVAE(tiny_vae_config()).eval()
+    vae.enable_tiling(32, 32)
+    g = torch.Generator().manual_seed(1)
+    z, x = torch.randn(1, 4, 3, 6, 8, generator=g), torch.randn(1, 3, 9, 48, 64, generator=g)
+    want_video, want_latents = vae.decode(z), vae.encode(x).mean
+    split_vae_tiles(vae)
+    mine = []
+    split = vae.map_tiles
+    vae.map_tiles = lambda fn, tiles: split(lambda t: mine.append(t.shape) or fn(t), tiles)
+    got_video = vae.decode(z)
+    decoded_here = len(mine)
+    got_latents = vae.encode(x).mean
+    unsplit_vae_tiles(vae)
+    return {"decode_equal": torch.equal(got_video, want_video), "encode_equal": torch.equal(got_latents, want_latents),
+            "decoded_here": decoded_here}
+
+
 def _spawn(world: int, tmp_path) -> list[dict]:
     mp.spawn(_worker, args=(world, str(tmp_path / "store"), str(tmp_path)), nprocs=world, join=True)
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
 
 
 def test_sequence_and_cfg_parallel_two_ranks(tmp_path):
-    for rank, res in enumerate(_spawn(2, tmp_path)):
+    results = _spawn(2, tmp_path)
+    for rank, res in enumerate(results):
         for like, *_ in CASES:
             err_cfg, err_sp, scale = res[like]
             assert scale > 0.1, like  # a non-trivial output
@@ -112,6 +140,11 @@ def test_sequence_and_cfg_parallel_two_ranks(tmp_path):
         assert res["compiled_sp"] < TOL, (rank, res["compiled_sp"])
         assert "num_attention_heads=3" in res["heads_error"] and "\n" not in res["heads_error"]
         assert "inference-only" in res["grad_error"]
+        vae = res["vae"]
+        assert vae["decode_equal"] and vae["encode_equal"], (rank, vae)  # bit for bit
+    # 6 tiles: rows of 4 and 3 latents (starts 0, 3 of 6) by columns of 4, 4 and 2 (starts 0, 3, 6 of 8), dealt
+    # largest first: each rank decodes 3 of them
+    assert [res["vae"]["decoded_here"] for res in results] == [3, 3]
 
 
 def test_cfg_times_sequence_parallel_four_ranks(tmp_path):
@@ -119,6 +152,12 @@ def test_cfg_times_sequence_parallel_four_ranks(tmp_path):
         for key in ("cfg2_sp2", "sp4"):
             err, scale = res[key]
             assert scale > 0.1 and err < TOL, (rank, key, err)
+
+
+def test_tiles_are_dealt_largest_first_to_the_least_loaded_rank():
+    assert assign_tiles([6, 6, 3, 6, 6, 3, 2, 2, 1], 2) == [0, 1, 0, 0, 1, 1, 0, 1, 0]  # loads 17 and 17
+    assert assign_tiles([4, 4, 4], 1) == [0, 0, 0]
+    assert assign_tiles([1, 9], 3) == [1, 0]
 
 
 def test_chunk_sizes_match_tensor_split():

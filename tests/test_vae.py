@@ -331,9 +331,9 @@ def test_frame_slice_applies_to_the_full_resolution_level_only(pair):
     def frames_by_width(frame_slice: int | None) -> dict[int, set[int]]:
         seen = collections.defaultdict(set)
 
-        def record(h, *args):
+        def record(h, *args, **kwargs):
             seen[h.shape[-1]].add(h.shape[2])
-            return vae_module.norm_silu_pad(h, *args)
+            return vae_module.norm_silu_pad(h, *args, **kwargs)
 
         ours.fuse_norms(compile=False, frame_slice=frame_slice)
         for m in ours.modules():
@@ -468,3 +468,80 @@ def test_norm_silu_pad_values():
     first = vae_module.norm_silu_pad(x, mean, rstd, weight, bias, time_pad=2)  # no past: frame 0 repeated
     assert _max_diff(first[:, :, 0], first[:, :, 2]) == 0 and _max_diff(first[:, :, 1], first[:, :, 2]) == 0
     assert _max_diff(first[:, :, 2:], torch.nn.functional.silu(normed)) < 1e-5
+
+
+def test_group_norm_stats_are_the_same_in_either_layout():
+    """The channels-last sums (per channel over width, then rows, then the group's channels) give the statistics of
+    the contiguous path; a tensor that is both layouts at once (one channel) takes the contiguous one."""
+    x = torch.randn(2, 8, 3, 5, 7, generator=torch.Generator().manual_seed(4)) * 2 + 0.5
+    x_cl = x.contiguous(memory_format=torch.channels_last_3d)
+    assert vae_module._is_channels_last(x_cl) and not vae_module._is_channels_last(x)
+    for got, want in zip(vae_module.group_norm_stats(x_cl, 4, 1e-6), vae_module.group_norm_stats(x, 4, 1e-6)):
+        assert got.shape == want.shape == (2, 4)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not vae_module._is_channels_last(torch.randn(1, 1, 2, 3, 4).contiguous(memory_format=torch.channels_last_3d))
+
+
+class _ConvLayouts(TorchDispatchMode):
+    """(input width, input is channels-last) for every 3x3 convolution and 4x4 transposed one."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution.default and args[1].shape[-1] in (3, 4):
+            self.seen.add((args[0].shape[-1], vae_module._is_channels_last(args[0])))
+        return func(*args, **(kwargs or {}))
+
+
+@torch.no_grad()
+def test_frame_sliced_decode_convolves_channels_last_at_full_resolution_only(pair):
+    """Sliced, every 3x3 conv at full resolution (width 48: the resnets' and the output conv) and the upsampler's
+    transposed conv into it (width 24) take a channels-last input, which cuDNN runs without converting (and then
+    returns channels-last, so the skip projection's input is too; the CPU's conv3d returns contiguous outputs, so
+    that is not checked here). Below that nothing changes. The decoded video itself comes back contiguous."""
+    _, ours = pair
+    z = torch.randn(1, 4, 3, 4, 6, generator=torch.Generator().manual_seed(8))
+    try:
+        ours.fuse_norms(compile=False, frame_slice=2)
+        with _ConvLayouts() as mode:
+            out = ours.decode(z)
+    finally:
+        ours.fuse_norms(enabled=False)
+    assert out.is_contiguous()
+    assert {cl for width, cl in mode.seen if width == 48} == {True}
+    assert (24, True) in mode.seen  # the transposed upsampler conv
+    assert {cl for width, cl in mode.seen if width < 24} == {False}
+
+
+@pytest.mark.parametrize("compress_time", [False, True])
+def test_fused_upsampler_folds_nearest_2x_into_a_transposed_conv(compress_time):
+    """Nearest 2x then the 3x3 conv equals the stride-2 transposed 4x4 conv with the folded weights, borders
+    included (float64: only the order of the sums differs), for odd and even frame counts."""
+    torch.manual_seed(0)
+    up = vae_module.Upsample3D(6, compress_time).double()
+    for frames in (1, 2, 3):
+        x = torch.randn(2, 6, frames, 5, 7, dtype=torch.float64)
+        want = up(x)
+        up.transposed = True
+        got = up(x)
+        up.transposed = False
+        assert got.shape == want.shape == (2, 6, 2 * frames - frames % 2 if compress_time and frames > 1 else frames,
+                                           10, 14)
+        assert _max_diff(got, want) < 1e-12
+    # the folded weight is kept between calls, and rebuilt when the weight changes in place (load_state_dict)
+    up.transposed = True
+    with torch.no_grad():
+        x = torch.randn(1, 6, 2, 5, 7, dtype=torch.float64)
+        first = up(x)
+        assert up._transposed_weight() is up._transposed_weight()
+        up.conv.weight.mul_(2)
+        bias = up.conv.bias.view(1, -1, 1, 1, 1)
+        assert _max_diff(up(x) - bias, 2 * (first - bias)) < 1e-12
+    # under autograd the gradient reaches the conv's weight through the fold
+    up.conv.weight.grad = None
+    up(x).sum().backward()
+    up.transposed = False
+    want_grad = torch.autograd.grad(up(x).sum(), up.conv.weight)[0]
+    assert _max_diff(up.conv.weight.grad, want_grad) < 1e-9

@@ -291,10 +291,23 @@ def group_norm_stats(x: torch.Tensor, groups: int, eps: float) -> tuple[torch.Te
 
 def _group_sums(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Per (sample, group) sum and sum of squares of x, [B, G] in fp32, and the number of elements they sum."""
-    rows = x.reshape(x.shape[0], groups, -1, x.shape[-2] * x.shape[-1])
+    b, c, t, h, w = x.shape
+    if _is_channels_last(x):
+        # Channels innermost: reshaping to the rows below would copy all of x. Sum each (row, channel) over the
+        # width instead (a view of x), then the rows, then the channels of a group.
+        rows = x.permute(0, 2, 3, 4, 1).reshape(b, t * h, w, c)
+        total = rows.sum(dim=2, dtype=torch.float32).sum(dim=1)
+        squares = torch.linalg.vector_norm(rows, dim=2, dtype=torch.float32).square().sum(dim=1)
+        return total.view(b, groups, -1).sum(-1), squares.view(b, groups, -1).sum(-1), x.numel() // (b * groups)
+    rows = x.reshape(b, groups, -1, h * w)
     total = rows.sum(dim=-1, dtype=torch.float32).sum(dim=-1)
     squares = torch.linalg.vector_norm(rows, dim=-1, dtype=torch.float32).square().sum(dim=-1)
     return total, squares, rows.shape[2] * rows.shape[3]
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """x is laid out [B, T, H, W, C] in memory (and is not also plainly contiguous, as when C or T*H*W is 1)."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 def _stats_from_sums(
@@ -315,6 +328,7 @@ def norm_silu_pad(
     shift: torch.Tensor | None = None,
     past: torch.Tensor | None = None,
     time_pad: int = 2,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """cat([past, SiLU(GroupNorm(x) * resize(scale) + resize(shift))], time) from `group_norm_stats`' mean and
     rstd: a norm, its activation and the next causal conv's time padding as one pointwise function, for
@@ -324,7 +338,8 @@ def norm_silu_pad(
     one rounding at the end). `scale` / `shift` are the spatial norm's conv_y / conv_b outputs at latent resolution:
     those convs are 1x1x1, so they commute with the nearest resize, which the kernel then does by indexing instead
     of materialising two full-resolution tensors. `past` is the previous chunk's last frames (None: the first chunk
-    repeats its own first frame, as CausalConv3d does).
+    repeats its own first frame, as CausalConv3d does). `channels_last` writes the result [B, T, H, W, C] in memory
+    (whatever x's layout), the layout cuDNN's 3D convolutions run natively in bf16 (see `fused_norm_conv`).
     """
     b, c = x.shape[:2]
     groups = mean.shape[1]
@@ -334,11 +349,11 @@ def norm_silu_pad(
     if scale is not None:
         h = h * _resize_like(scale, x).float() + _resize_like(shift, x).float()
     h = F.silu(h).to(x.dtype)
-    if not time_pad:
-        return h
-    if past is None:
-        past = h[:, :, :1].expand(-1, -1, time_pad, -1, -1)
-    return torch.cat([past, h], dim=2)
+    if time_pad:
+        if past is None:
+            past = h[:, :, :1].expand(-1, -1, time_pad, -1, -1)
+        h = torch.cat([past, h], dim=2)
+    return h.contiguous(memory_format=torch.channels_last_3d) if channels_last else h
 
 
 class SpatialNorm3D(nn.Module):
@@ -374,6 +389,11 @@ def fused_norm_conv(
     x may then also be `Upsampled`, computed slice by slice twice: for the statistics, then for the conv. A tensor x
     that fits in one slice runs unsliced: the conv's own output is then the result (F.conv3d has no `out=`, so
     every other slice costs a copy into `out`).
+
+    Sliced, the conv inputs and the result are channels-last ([B, T, H, W, C] in memory): cuDNN runs bf16 3D
+    convolutions in that layout, and on [B, C, T, H, W] tensors it converted every input and output, which took
+    285 ms of the 1.58 s 1-frame-sliced 5B decode on an H100. The fused kernel writes that layout for free, and a
+    time slice of it is one contiguous block.
     """
     scale = shift = None
     if isinstance(norm, SpatialNorm3D):
@@ -394,11 +414,12 @@ def fused_norm_conv(
     for a, b in slices:
         part_scale, part_shift = (None, None) if scale is None else (scale[:, :, a:b], shift[:, :, a:b])
         padded = fuse(_frames(x, a, b), mean, rstd, norm.weight, norm.bias, part_scale, part_shift, cache.get(conv),
-                      conv.time_pad)
+                      conv.time_pad, channels_last=True)
         part = conv.conv_padded(padded, cache)
         del padded  # before `out` and before the next slice makes its own
         if out is None:
-            out = part.new_empty(*part.shape[:2], x.shape[2], *part.shape[3:])
+            out = torch.empty((*part.shape[:2], x.shape[2], *part.shape[3:]), dtype=part.dtype, device=part.device,
+                              memory_format=torch.channels_last_3d)
         out[:, :, a:b] = part
         del part
     return out
@@ -491,6 +512,8 @@ class Upsample3D(nn.Module):
         super().__init__()
         self.compress_time = compress_time
         self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.transposed = False  # set by CogVideoXVAE.fuse_norms; see `frames`
+        self._transposed_cache: tuple[tuple, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         source = self.source_frames(x)
@@ -506,8 +529,38 @@ class Upsample3D(nn.Module):
 
     def frames(self, x: torch.Tensor) -> torch.Tensor:
         """The output frames that repeat x's frames, one each (x: input frames picked by `source_frames`): the conv
-        is per frame, so any of them can be computed alone."""
+        is per frame, so any of them can be computed alone.
+
+        With `transposed` (fused inference), nearest 2x then the 3x3 conv runs as one stride-2 transposed 4x4 conv
+        on x: each output pixel of the pair sees only two distinct input pixels per axis, so the conv folds into
+        taps on x with summed weights (`_transposed_weight`). The same sums in another order, with 4 taps instead of
+        9 per output pixel and no upsampled tensor: in the 5B decode the nearest-upsample kernel alone took 193 ms
+        of 1.48 s (1-frame slices, H100), where the full-resolution upsampler runs three times per chunk."""
+        if self.transposed:
+            return F.conv_transpose3d(x, self._transposed_weight(), self.conv.bias, stride=(1, 2, 2), padding=(0, 1, 1))
         return _per_frame_conv(self.conv, F.interpolate(x, scale_factor=(1, 2, 2)))
+
+    def _transposed_weight(self) -> torch.Tensor:
+        """[C_in, C_out, 1, 4, 4] weights of the transposed conv equal to nearest 2x, then the 3x3 conv (padding 1).
+
+        Per axis, output 2i sees (x[i-1], x[i], x[i]) through taps (w0, w1, w2), output 2i + 1 sees (x[i], x[i],
+        x[i+1]); a transposed conv (stride 2, padding 1) gives output 2i + a the taps k = 2i + a + 1 - 2j of x[j],
+        so its 4 taps are (w2, w1 + w2, w0 + w1, w0). Summed in fp32 (or wider), rounded once to the conv's dtype.
+
+        Kept until the weight changes (a new tensor, or its version counter moves, as load_state_dict's in-place copy
+        makes it): building it takes a host-to-device copy, which waits for the GPU, at every call otherwise. Not
+        kept when autograd tracks the weight, whose gradient then flows through the fold."""
+        weight = self.conv.weight
+        tracked = torch.is_grad_enabled() and weight.requires_grad
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        if tracked or self._transposed_cache is None or self._transposed_cache[0] != key:
+            dtype = torch.promote_types(weight.dtype, torch.float32)
+            fold = torch.tensor([[0, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=dtype).to(weight.device)
+            folded = torch.einsum("ak,oikl,bl->ioab", fold, weight.to(dtype), fold).to(weight.dtype).unsqueeze(2)
+            if tracked:
+                return folded
+            self._transposed_cache = key, folded
+        return self._transposed_cache[1]
 
 
 @dataclass
@@ -635,8 +688,13 @@ class Decoder3D(nn.Module):
                 h = resnet(h, cache, z)
             if block.upsamplers is not None:
                 # A sliced next block (the full-resolution one) computes the upsampled frames slice by slice.
+                # It works channels-last (see fused_norm_conv): converting this input once at quarter resolution
+                # makes every upsampled slice and its conv channels-last too.
                 lazy = self.up_blocks[i + 1].resnets[0].sliced
-                h = Upsampled(block.upsamplers[0], h) if lazy else block.upsamplers[0](h)
+                if lazy:
+                    h = Upsampled(block.upsamplers[0], h.contiguous(memory_format=torch.channels_last_3d))
+                else:
+                    h = block.upsamplers[0](h)
         if self.fuse is not None:
             return fused_norm_conv(self.fuse, self.norm_out, self.conv_out, h, z, cache, self.frame_slice)
         return self.conv_out(F.silu(self.norm_out(h, z, cache)), cache)
@@ -708,6 +766,10 @@ class CogVideoXVAE(nn.Module):
         self.tile_sample_min_width = config.sample_width // 2
         self.tile_overlap_factor_height = 1 / 6
         self.tile_overlap_factor_width = 1 / 5
+        # How tiles are run: None runs them one after another here; vidfusion.parallel.split_vae_tiles sets a
+        # function that runs each on one rank and shares the results, map_tiles(fn, tiles) -> outputs in order.
+        self.map_tiles: Callable[[Callable[[torch.Tensor], torch.Tensor], list[torch.Tensor]], list[torch.Tensor]] \
+            | None = None
 
     # -- tiling switches (same parameters as diffusers' enable_tiling)
 
@@ -732,7 +794,8 @@ class CogVideoXVAE(nn.Module):
         """Run every norm -> SiLU -> causal conv through `norm_silu_pad`, compiled by default (inference speed).
 
         Statistics come from `group_norm_stats` (eager reductions that fill the GPU, where F.group_norm's took 35%
-        of the eager 5B decode on an H100); the pointwise rest is compiled. The result equals the unfused path
+        of the eager 5B decode on an H100); the pointwise rest is compiled. Upsamplers fold their nearest 2x into
+        their conv (`Upsample3D.frames`). The result equals the unfused path
         within bf16 rounding (fp32 inside, one rounding at the end instead of one per op). Measured speed and
         memory: benchmarks/bench_vae_decode.py and docs/inference.md. `compile=False` runs the same functions
         eagerly (for tests and debugging).
@@ -767,6 +830,8 @@ class CogVideoXVAE(nn.Module):
         elif enabled:
             fuse = norm_silu_pad
         for module in self.modules():
+            if isinstance(module, Upsample3D):
+                module.transposed = enabled
             if isinstance(module, (ResnetBlock3D, Encoder3D, Decoder3D)):
                 module.fuse = fuse
             if isinstance(module, (ResnetBlock3D, Decoder3D)):
@@ -830,7 +895,7 @@ class CogVideoXVAE(nn.Module):
     def _decode_frames(self, z: torch.Tensor) -> torch.Tensor:
         cache: ConvCache = {}
         chunks = [self.decoder(z[:, :, a:b], cache) for a, b in _chunk_bounds(z.shape[2], LATENT_FRAMES_PER_CHUNK)]
-        return torch.cat(chunks, dim=2)
+        return torch.cat(chunks, dim=2).contiguous()  # a frame-sliced decoder works channels-last
 
     def _tiled(
         self,
@@ -849,10 +914,11 @@ class CogVideoXVAE(nn.Module):
         blend = (int(tile_out[0] * fh), int(tile_out[1] * fw))
         keep = (tile_out[0] - blend[0], tile_out[1] - blend[1])
         height, width = x.shape[-2:]
-        rows = [
-            [fn(x[..., i : i + tile_in[0], j : j + tile_in[1]]) for j in range(0, width, stride[1])]
-            for i in range(0, height, stride[0])
-        ]
+        starts = [(i, j) for i in range(0, height, stride[0]) for j in range(0, width, stride[1])]
+        tiles = [x[..., i : i + tile_in[0], j : j + tile_in[1]] for i, j in starts]
+        outputs = [fn(t) for t in tiles] if self.map_tiles is None else self.map_tiles(fn, tiles)
+        columns = len(range(0, width, stride[1]))
+        rows = [outputs[r : r + columns] for r in range(0, len(outputs), columns)]
         for i, row in enumerate(rows):
             for j, tile in enumerate(row):
                 if i > 0:

@@ -1,4 +1,5 @@
-"""Multi-GPU inference: CFG parallelism, Ulysses sequence parallelism, and torchrun process-group setup.
+"""Multi-GPU inference: CFG parallelism, Ulysses sequence parallelism, VAE tiles split across ranks, and torchrun
+process-group setup.
 
 Typical use in a sampling script launched with `torchrun --nproc-per-node N`:
 
@@ -26,6 +27,7 @@ from vidfusion.parallel.sequence_parallel import (
     disable_sequence_parallel,
     enable_sequence_parallel,
 )
+from vidfusion.parallel.vae_tiles import assign_tiles, split_vae_tiles, unsplit_vae_tiles
 
 
 def parallelize(
@@ -46,5 +48,5 @@ def parallelize(
 __all__ = [
     "ModelFn", "ParallelState", "UlyssesParallel", "cfg_parallel", "chunk_sizes", "destroy_distributed",
     "disable_sequence_parallel", "enable_sequence_parallel", "init_distributed", "make_parallel_groups",
-    "parallel_degrees", "parallelize",
+    "parallel_degrees", "parallelize", "assign_tiles", "split_vae_tiles", "unsplit_vae_tiles",
 ]
