@@ -2,7 +2,13 @@
 
     torchrun --nproc-per-node 2 benchmarks/bench_parallel.py --config 5b --json bench_parallel.json   # CFG x2
     torchrun --nproc-per-node 4 benchmarks/bench_parallel.py --config 5b                              # CFG 2 x SP 2
+    torchrun --nproc-per-node 2 benchmarks/bench_parallel.py --config 5b --degrees 1,2                # SP x2 alone
+    torchrun --nproc-per-node 2 benchmarks/bench_parallel.py --vae [--vae-fuse]                       # VAE tiles
     torchrun --nproc-per-node 2 benchmarks/bench_parallel.py --tiny --steps 2 --warmup 1              # CPU (gloo)
+
+`--vae` times the CogVideoX-5B VAE's tiled decode of 13 x 60 x 90 latents instead (`enable_tiling()`, eager, or
+fused and compiled with --vae-fuse), on one GPU and with its tiles split over the ranks (`split_vae_tiles`); the
+error is then against rank 0's single-GPU tiled decode.
 
 Every rank builds the same random transformer (fixed seed) and the same [negative; positive] inputs, bf16 on CUDA.
 Rank 0 first times the whole CFG step (one forward at batch 2) alone on its GPU while the other ranks wait; then all
@@ -27,12 +33,14 @@ from bench_inference import CONFIGS, benchmark_shape, time_steps  # noqa: E402
 
 from vidfusion.io.checkpoint import write_json  # noqa: E402
 from vidfusion.models.transformer import CogVideoXTransformer  # noqa: E402
+from vidfusion.models.vae import VAE_PRESETS, CogVideoXVAE, tiny_random_config  # noqa: E402
 from vidfusion.parallel import (  # noqa: E402
     destroy_distributed,
     init_distributed,
     make_parallel_groups,
     parallel_degrees,
     parallelize,
+    split_vae_tiles,
 )
 
 
@@ -46,11 +54,19 @@ def main() -> None:
     parser.add_argument("--text-tokens", type=int, default=226)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--degrees", default=None, metavar="CFG,SP",
+                        help="CFG and sequence-parallel degrees (default: parallel_degrees, CFG 2 when even)")
+    parser.add_argument("--vae", action="store_true", help="time the 5B VAE's tiled decode instead")
+    parser.add_argument("--vae-fuse", action="store_true", help="with --vae: fused, compiled norms")
     parser.add_argument("--json", metavar="OUT")
     args = parser.parse_args()
 
     state = init_distributed()
-    state = make_parallel_groups(state, *parallel_degrees(state.world_size, guided=True))
+    if args.vae:
+        return bench_vae(args, state)
+    degrees = (tuple(int(d) for d in args.degrees.split(",")) if args.degrees
+               else parallel_degrees(state.world_size, guided=True))
+    state = make_parallel_groups(state, *degrees)
     device = state.device
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     config, (latent_f, latent_h, latent_w), text_tokens = benchmark_shape(args)
@@ -77,7 +93,7 @@ def main() -> None:
     if state.is_main:
         one, many = statistics.median(single), statistics.median(parallel)
         err = ((out - reference).abs().max() / reference.abs().max()).item()
-        cfg_degree, sp_degree = parallel_degrees(state.world_size, guided=True)
+        cfg_degree, sp_degree = degrees
         result = {
             "config": ("tiny-" if args.tiny else "") + args.config, "latents": [latent_f, latent_h, latent_w],
             "text_tokens": text_tokens, "dtype": str(dtype).removeprefix("torch."), "processes": state.world_size,
@@ -90,6 +106,49 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         print(f"1 process: {one:.4f} s/step; {state.world_size} processes (CFG {cfg_degree} x SP {sp_degree}): "
               f"{many:.4f} s/step; speed-up {one / many:.2f}x; max rel. error {err:.2e}", flush=True)
+        if args.json:
+            write_json(args.json, result)
+    destroy_distributed()
+
+
+def bench_vae(args: argparse.Namespace, state) -> None:
+    device = state.device
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    config = tiny_random_config() if args.tiny else VAE_PRESETS["cogvideox-5b"]
+    shape = (3, 8, 12) if args.tiny else (13, args.height // 8, args.width // 8)
+    torch.manual_seed(0)
+    vae = CogVideoXVAE(config).to(device, dtype).eval()
+    if args.tiny:
+        vae.enable_tiling(32, 48)
+    else:
+        vae.enable_tiling()
+    if args.vae_fuse:
+        vae.fuse_norms()
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1, config.latent_channels, *shape, generator=g).to(device, dtype)
+    with torch.no_grad():
+        single, reference = None, None
+        if state.is_main:
+            single = time_steps(lambda: vae.decode(z), args.warmup, args.steps, device)
+            reference = vae.decode(z).float()
+        if state.world_size > 1:
+            dist.barrier()
+        split_vae_tiles(vae)
+        parallel = time_steps(lambda: vae.decode(z), args.warmup, args.steps, device)
+        out = vae.decode(z).float()
+    if state.is_main:
+        one, many = statistics.median(single), statistics.median(parallel)
+        err = ((out - reference).abs().max() / reference.abs().max()).item()
+        result = {
+            "config": "tiny-vae" if args.tiny else "cogvideox-5b-vae", "latents": list(z.shape),
+            "dtype": str(dtype).removeprefix("torch."), "processes": state.world_size, "fused": args.vae_fuse,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "single_s": round(one, 4), "parallel_s": round(many, 4), "speedup": round(one / many, 3),
+            "max_rel_err_vs_single": err,
+        }
+        print(json.dumps(result), flush=True)
+        print(f"tiled VAE decode, 1 process: {one:.4f} s; {state.world_size} processes: {many:.4f} s; speed-up "
+              f"{one / many:.2f}x; max rel. error {err:.2e}", flush=True)
         if args.json:
             write_json(args.json, result)
     destroy_distributed()

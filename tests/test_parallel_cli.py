@@ -121,3 +121,30 @@ def test_bad_attention_and_gpus(plain_model, tmp_path, capfd):
     err = capfd.readouterr().err.strip()
     assert "\n" not in err and "use --gpus 2 or 4" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_vae_tiles_split_across_processes(plain_model, tmp_path, capfd):
+    """--vae-tiling with --gpus 2: each process decodes some of the tiles, and the video is the single-process
+    tiled one (within 1/255, as above); tiling is really on (the untiled video differs)."""
+    flags = ["--vae-tiling"]
+    assert generate(plain_model, tmp_path / "one", *flags) == 0
+    assert generate(plain_model, tmp_path / "two", *flags, "--gpus", "2") == 0
+    assert generate(plain_model, tmp_path / "untiled") == 0
+    capfd.readouterr()
+    one, two, untiled = (frames_of(tmp_path / name) for name in ("one", "two", "untiled"))
+    assert one.shape == two.shape and np.abs(one - two).max() <= 1
+    assert one.shape != untiled.shape or np.abs(one - untiled).max() > 10
+
+
+def test_vae_flags(plain_model, tmp_path, capfd):
+    import argparse
+
+    from vidfusion.cli import _configure_vae
+
+    assert generate(plain_model, tmp_path / "x", "--vae-frame-slice", "2") == 2
+    assert "--vae-frame-slice 2 needs --vae-fuse" in capfd.readouterr().err
+    assert not (tmp_path / "x").exists()
+    vae = CogVideoXVAE(tiny_random_config())
+    _configure_vae(vae, argparse.Namespace(vae_tiling=True, vae_fuse=True, vae_frame_slice=2))
+    assert vae.use_tiling and vae.map_tiles is None  # one process: tiles stay here
+    assert vae.decoder.frame_slice == 2 and vae.decoder.fuse is not None
