@@ -112,12 +112,11 @@ def profile_decode(vae: CogVideoXVAE, z: torch.Tensor) -> None:
     """Print the kernels that took the most device time in one decode (after the timed ones, so nothing compiles)."""
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if z.is_cuda else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=[ProfilerActivity.CUDA if z.is_cuda else ProfilerActivity.CPU]) as prof:
         vae.decode(z)
         if z.is_cuda:
             torch.cuda.synchronize()
-    sort_by = "cuda_time_total" if z.is_cuda else "cpu_time_total"
+    sort_by = "self_cuda_time_total" if z.is_cuda else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort_by, row_limit=20, max_name_column_width=80))
 
 
