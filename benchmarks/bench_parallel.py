@@ -103,12 +103,18 @@ def main() -> None:
             "speedup": round(one / many, 3), "max_rel_err_vs_single": err,
             "single_all_s": [round(s, 4) for s in single], "parallel_all_s": [round(s, 4) for s in parallel],
         }
-        print(json.dumps(result), flush=True)
-        print(f"1 process: {one:.4f} s/step; {state.world_size} processes (CFG {cfg_degree} x SP {sp_degree}): "
-              f"{many:.4f} s/step; speed-up {one / many:.2f}x; max rel. error {err:.2e}", flush=True)
-        if args.json:
-            write_json(args.json, result)
+        report(result, f"1 process: {one:.4f} s/step; {state.world_size} processes (CFG {cfg_degree} x SP "
+                       f"{sp_degree}): {many:.4f} s/step; speed-up {one / many:.2f}x; max rel. error {err:.2e}",
+               args.json)
     destroy_distributed()
+
+
+def report(result: dict, line: str, json_path: str | None) -> None:
+    """Rank 0's output: the result as one JSON line, a sentence, and the JSON file if asked for."""
+    print(json.dumps(result), flush=True)
+    print(line, flush=True)
+    if json_path:
+        write_json(json_path, result)
 
 
 def bench_vae(args: argparse.Namespace, state) -> None:
@@ -146,11 +152,8 @@ def bench_vae(args: argparse.Namespace, state) -> None:
             "single_s": round(one, 4), "parallel_s": round(many, 4), "speedup": round(one / many, 3),
             "max_rel_err_vs_single": err,
         }
-        print(json.dumps(result), flush=True)
-        print(f"tiled VAE decode, 1 process: {one:.4f} s; {state.world_size} processes: {many:.4f} s; speed-up "
-              f"{one / many:.2f}x; max rel. error {err:.2e}", flush=True)
-        if args.json:
-            write_json(args.json, result)
+        report(result, f"tiled VAE decode, 1 process: {one:.4f} s; {state.world_size} processes: {many:.4f} s; "
+                       f"speed-up {one / many:.2f}x; max rel. error {err:.2e}", args.json)
     destroy_distributed()
 
 
