@@ -44,15 +44,13 @@ def map_tiles_over_ranks(fn: TileFn, tiles: list[torch.Tensor], group: dist.Proc
     mine = [(i, tuple(out.shape), out.dtype) for i, out in enumerate(outputs) if out is not None]
     everyone: list[list | None] = [None] * size
     dist.all_gather_object(everyone, mine, group=group)
-    like = tiles[0]
-    for entries, owner in zip(everyone, range(size)):
+    for owner, entries in enumerate(everyone):
+        source = owner if group is None else dist.get_global_rank(group, owner)
         for index, shape, dtype in entries:
             if outputs[index] is None:
-                outputs[index] = torch.empty(shape, dtype=dtype, device=like.device)
-            tensor = outputs[index].contiguous()
-            dist.broadcast(tensor, src=dist.get_global_rank(group, owner) if group is not None else owner,
-                           group=group)
-            outputs[index] = tensor
+                outputs[index] = torch.empty(shape, dtype=dtype, device=tiles[index].device)
+            outputs[index] = outputs[index].contiguous()  # broadcast sends and receives dense tensors
+            dist.broadcast(outputs[index], src=source, group=group)
     return outputs  # type: ignore[return-value]
 
 
