@@ -10,6 +10,10 @@
 #   bash scripts/train_tiny_gpu.sh objfocus     # the shipped model trained further with object_weight (loss
 #                                               # weighted to the objects) + a decoder-only VAE stage; FINAL=1 ends
 #   OBJ_INIT=path bash scripts/train_tiny_gpu.sh objmore   # one more object-weighted cycle, alone on the GPU
+#   bash scripts/train_tiny_gpu.sh objvae       # v4 VAE: the shipped VAE, encoder too, with object-weighted L1 at
+#                                               # full size; also copies the shipped model to the GPU disk ($R/ship)
+#   bash scripts/train_tiny_gpu.sh v4dit        # the shipped transformer adapted to the v4 VAE's latents + a
+#                                               # decoder-only v4 stage, side by side; FINAL=1 ends both
 #   bash scripts/train_tiny_gpu.sh taskmix      # masked-context DiT (T2V/I2V/extend/interpolate) widened from the
 #                                               # shipped transformer + a decoder-only VAE stage from the shipped VAE,
 #                                               # side by side; FINAL=1 on the last call sizes steps and exports
@@ -178,6 +182,28 @@ objmore)  # OBJ_INIT=transformer folder: a further object-weighted cycle alone o
   [ -f $R/obj2/export/model_index.json ] || finish $R/obj2 dit configs/dit_tiny.toml "${args[@]}"
   cp $R/obj2/metrics.jsonl $OUT/obj2_metrics.jsonl
   bring_back obj2_transformer $R/obj2/export/transformer
+  ;;
+objvae)  # v4 VAE stage A (one call): needs the shipped weights in the tree, no text encoder
+  W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
+  mkdir -p $R/ship && cp -r $W/. $R/ship/  # later calls carry the text encoder instead of the shipped weights
+  args=(preset=tiny $VAE_ARCH init_from=$W/vae object_weight=${VAE_OBJECT_WEIGHT:-8} batch_size=16
+        lr=${VAE_LR:-1e-4} warmup_steps=100 disc_start=10000000 num_workers=14 sample_every=500 ckpt_every=250)
+  vidfusion train vae --config configs/vae_tiny.toml out_dir=$R/vae_v4 progress=false steps=${VAE_V4_STEPS:-1000} \
+    "${args[@]}" max_minutes=$(python3 -c "print(($(left) - 75) / 60)")
+  [ -d $R/vae_v4/export/vae ] || finish $R/vae_v4 vae configs/vae_tiny.toml "${args[@]}"
+  cp $R/vae_v4/metrics.jsonl $OUT/vae_v4_metrics.jsonl
+  cp "$(ls $R/vae_v4/samples/*.png | tail -1)" $OUT/vae_v4_recon.png || true
+  vidfusion eval vae --model $R/vae_v4/export/vae --world-n 50 --device cuda --json $OUT/vae_v4_eval.json | tail -n 3
+  bring_back vae_v4 $R/vae_v4/export/vae
+  ;;
+v4dit)  # after objvae on the same machine: carries runs/devcarry (text encoder), not the shipped weights
+  dit_args=(vae_path=$R/vae_v4/export/vae init_from=$R/ship/transformer task_mix=${TASK_MIX:-0.3,0.2,0.25,0.25}
+            echo=2 lr=${V4_LR:-1.5e-4} warmup_steps=100 object_weight=${OBJECT_WEIGHT:-4} num_workers=11
+            export_dtype=bf16 sample_every=1000 ckpt_every=500)
+  vae_args=(preset=tiny $VAE_ARCH init_from=$R/vae_v4/export/vae train_encoder=false
+            object_weight=${VAE_OBJECT_WEIGHT:-8} batch_size=8 lr=1e-4 warmup_steps=100 disc_start=10000000
+            num_workers=4 sample_every=1000 ckpt_every=500)
+  side_by_side v4 vae_v4d ${V4_STEPS:-6000} ${VAE_V4D_STEPS:-4000}
   ;;
 eval)  # eval MODEL_FOLDER: prompt adherence on 200 held-out prompts and world VAE PSNR, on the GPU
   vidfusion eval adherence --model $2 -n ${N:-200} --device cuda -q --json $OUT/adherence.json | tail -n 9

@@ -1,5 +1,6 @@
 """Trainers: config loading, LR/EMA/adaptive-weight arithmetic, atomic checkpoints, bit-identical resume, exports."""
 
+import json
 import math
 import os
 from pathlib import Path
@@ -356,3 +357,49 @@ def test_dit_trainer_object_weight_reaches_the_loss(tmp_path):
     assert losses[0.0] > 0 and losses[8.0] > 0 and abs(losses[0.0] - losses[8.0]) > 1e-4 * losses[0.0]
     with pytest.raises(VidFusionError, match="object_weight"):
         load_config(DiTTrainConfig, None, dict(SMALL_DIT, vae_path=vae_path, object_weight=-1))
+
+
+def test_vae_object_weights_ring_and_weighted_l1_terms():
+    """Masks -> pixel weights grown by a 2 px ring; the weighted L1 terms normalise by the weights and reduce to the
+    plain ones under equal weights; a difference counts at the larger weight of its two pixels."""
+    from vidfusion.training.losses import finite_difference_l1, weighted_l1
+    from vidfusion.training.train_vae import pixel_object_weights
+
+    objects = torch.zeros(1, 3, 16, 16, dtype=torch.bool)
+    objects[0, 1, 8, 8] = True
+    w = pixel_object_weights(objects, 8.0)
+    assert w.shape == (1, 1, 3, 16, 16)
+    expected = torch.ones(1, 1, 3, 16, 16)
+    expected[0, 0, 1, 6:11, 6:11] = 9.0  # frame 1 only: the ring is spatial
+    assert torch.equal(w, expected)
+
+    x_hat, x = torch.randn(1, 3, 3, 16, 16), torch.randn(1, 3, 3, 16, 16)
+    flat = torch.full_like(w, 2.5)
+    assert torch.allclose(weighted_l1(x_hat, x, flat), (x_hat - x).abs().mean())
+    assert torch.allclose(finite_difference_l1(x_hat, x, flat), finite_difference_l1(x_hat, x))
+    assert torch.allclose(weighted_l1(x_hat, x, w), (w * (x_hat - x).abs()).sum() / (w.sum() * 3))
+    # An error only inside the object: weighted 9x against the plain mean.
+    bump = x.clone()
+    bump[0, :, 1, 8, 8] += 1.0
+    assert torch.allclose(weighted_l1(bump, x, w) / weighted_l1(bump, x), 9.0 * w.numel() / w.sum())
+    # Two equal rows, so the H term is 0 and the W term is half the result.
+    zero = torch.zeros(1, 1, 1, 2, 4)
+    weights = torch.tensor([1.0, 1.0, 9.0, 9.0]).expand(1, 1, 1, 2, 4)
+    err = torch.tensor([0.0, 1.0, 0.0, 0.0]).expand(1, 1, 1, 2, 4)  # W diffs +1, -1, 0 at pairs weighted 1, 9, 9
+    assert torch.allclose(finite_difference_l1(err, zero, weights), torch.tensor((1 * 1 + 9 * 1 + 9 * 0) / 19 / 2))
+
+
+def test_vae_trainer_object_weight_reaches_the_loss(tmp_path):
+    """Same seed, same data: object_weight changes the logged L1 but not the (unweighted) PSNR of that first step."""
+    from vidfusion.training.train_vae import train
+
+    logs = {}
+    for weight in (0.0, 8.0):
+        out = tmp_path / f"w{weight}"
+        train(load_config(VAETrainConfig, None, dict(SMALL_VAE, steps=1, ckpt_every=1, sample_every=100,
+                                                     out_dir=str(out), object_weight=weight, disc_start=100)))
+        logs[weight] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert abs(logs[0.0]["train/l1"] - logs[8.0]["train/l1"]) > 1e-3 * logs[0.0]["train/l1"]
+    assert logs[0.0]["train/psnr_video"] == pytest.approx(logs[8.0]["train/psnr_video"], abs=1e-5)
+    with pytest.raises(VidFusionError, match="object_weight"):
+        load_config(VAETrainConfig, None, dict(SMALL_VAE, object_weight=-1))

@@ -109,6 +109,8 @@ class VAETrainConfig(TrainConfig):
     # mean what it means in the LDM/CogVideoX losses, where both terms are sums over the sample.
     kl_weight: float = 1e-6
     grad_weight: float = 1.0  # L1 on spatial and temporal finite differences
+    # Reconstruction weight 1 + object_weight on pixels within 2 px of the world's objects (train_vae.py); 0 = plain.
+    object_weight: float = 0.0
     disc_start: int = 5000  # GAN (generator term and discriminator training) from this step on
     disc_weight: float = 0.5  # scales the adaptive weight
     disc_lr: float = 2e-4
@@ -140,6 +142,9 @@ class VAETrainConfig(TrainConfig):
                 f"crop_size={self.crop_size} must be a multiple of 8 no larger than the clip ({self.height}x"
                 f"{self.width}); e.g. crop_size=64"
             )
+        if self.object_weight < 0:
+            raise VidFusionError(f"object_weight={self.object_weight} must be >= 0; 0 is plain L1, e.g. 8 weights "
+                                 f"object pixels 9x")
         if not self.train_encoder and not self.init_from:
             raise VidFusionError("train_encoder=false freezes a trained encoder; pass init_from=<exported VAE folder>")
 

@@ -1,6 +1,7 @@
 """VAE training losses: reconstruction terms, a 3D patch discriminator, hinge GAN losses and the adaptive GAN weight.
 
-Reconstruction = L1 + grad_weight * L1 of finite differences along height, width and time. The difference term is
+Reconstruction = L1 + grad_weight * L1 of finite differences along height, width and time, optionally weighted per
+pixel (object weighting, see train_vae). The difference term is
 our perceptual stand-in because it needs no downloaded network: a blurred edge or a flickering frame costs little
 pixel L1 but a lot of gradient L1, which is exactly what LPIPS is used for in VAE training. Multi-scale SSIM was the
 alternative; it needs several 2x downsamplings (5 scales want >= 160 px frames, our clips are 128 px), has no
@@ -22,14 +23,24 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def finite_difference_l1(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Mean L1 between the finite differences of x_hat and x along H, W and (when T > 1) T; inputs [B, C, T, H, W]."""
-    terms = [
-        (x_hat.diff(dim=3) - x.diff(dim=3)).abs().mean(),
-        (x_hat.diff(dim=4) - x.diff(dim=4)).abs().mean(),
-    ]
-    if x.shape[2] > 1:
-        terms.append((x_hat.diff(dim=2) - x.diff(dim=2)).abs().mean())
+def weighted_l1(x_hat: torch.Tensor, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """sum(w |x_hat - x|) / sum(w), w [B, 1, T, H, W] broadcast over channels; the plain mean L1 when w is None."""
+    if weights is None:
+        return (x_hat - x).abs().mean()
+    w = weights.expand_as(x)
+    return (w * (x_hat - x).abs()).sum() / w.sum()
+
+
+def finite_difference_l1(x_hat: torch.Tensor, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean L1 between the finite differences of x_hat and x along H, W and (when T > 1) T; inputs [B, C, T, H, W].
+    With pixel weights [B, 1, T, H, W] each difference takes the larger weight of its two pixels, so an object's
+    outline counts as the object does."""
+    dims = (3, 4, 2) if x.shape[2] > 1 else (3, 4)
+    terms = []
+    for d in dims:
+        w = None if weights is None else torch.maximum(weights.narrow(d, 1, weights.shape[d] - 1),
+                                                       weights.narrow(d, 0, weights.shape[d] - 1))
+        terms.append(weighted_l1(x_hat.diff(dim=d), x.diff(dim=d), w))
     return sum(terms) / len(terms)
 
 

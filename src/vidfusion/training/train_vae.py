@@ -5,6 +5,11 @@ hinge GAN term with the adaptive (VQGAN) weight; the 3D patch discriminator trai
 `image_every`-th step trains on single frames cut from the clips (T = 1 batches), so the causal first-frame path,
 which image-to-video conditioning relies on, is trained too. See `losses` for the choice of terms.
 
+`object_weight` w > 0 weights both L1 terms by 1 + w on pixels within 2 px of the world's objects. Measured on v3's VAE
+(30 val clips): the objects cover 5% of the pixels but carry 70% of the squared error, because a moving shape has to
+fit through the 4x temporal compression (frame 0, coded alone, reaches 37.2 dB; the later frames 32.0). Blurred
+outlines are also what the adherence checker misreads as the wrong shape. The 2 px ring is the blur around an edge.
+
 Stages of one recipe are runs of this trainer with different settings: `crop_frames`/`crop_size` train on random
 windows of the clips (cheap, early), `init_from` starts a run from an earlier stage's export, and `train_encoder=false`
 freezes the encoder so the decoder (and a GAN term) can keep improving while a diffusion model trains on the latents.
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from vidfusion.errors import VidFusionError
@@ -65,6 +71,7 @@ from vidfusion.training.losses import (
     hinge_d_loss,
     hinge_g_loss,
     kl_per_pixel,
+    weighted_l1,
 )
 
 NOISE_STREAM, FRAME_STREAM, CROP_STREAM = 0, 1, 2
@@ -95,6 +102,14 @@ def random_crop(x: torch.Tensor, frames: int | None, size: int | None, generator
     t0, y0, x0 = (int(torch.randint(0, n - k + 1, (1,), generator=generator))
                   for n, k in ((t, frames), (h, size_h), (w, size_w)))
     return x[:, :, t0 : t0 + frames, y0 : y0 + size_h, x0 : x0 + size_w]
+
+
+def pixel_object_weights(objects: torch.Tensor, weight: float, ring: int = 2) -> torch.Tensor:
+    """Object masks [B, T, H, W] (bool) -> L1 weights [B, 1, T, H, W]: 1 + weight within `ring` px of an object."""
+    m = objects.float().unsqueeze(1)
+    k = 2 * ring + 1
+    m = F.max_pool3d(m, (1, k, k), stride=1, padding=(0, ring, ring))
+    return 1.0 + weight * m
 
 
 def load_start_weights(vae: CogVideoXVAE, folder: str) -> VAEConfig:
@@ -164,7 +179,7 @@ def train(cfg: VAETrainConfig) -> Path:
     logger = MetricLogger(out)
     progress = Progress(start, cfg.steps, "vae", cfg.progress)
     averager = Averager()
-    dataset = WorldClips(cfg.seed, cfg.num_frames, cfg.height, cfg.width)
+    dataset = WorldClips(cfg.seed, cfg.num_frames, cfg.height, cfg.width, with_masks=cfg.object_weight > 0)
     loader = make_loader(dataset, first_sample, cfg.steps - start, cfg.batch_size, cfg.num_workers, device)
 
     for step, batch in enumerate(loader, start):
@@ -172,11 +187,14 @@ def train(cfg: VAETrainConfig) -> Path:
         set_lr(opt, lr)
         set_lr(disc_opt, lr * cfg.disc_lr / cfg.lr)
         x = to_model_range(batch["video"], device)
+        if cfg.object_weight > 0:  # one more channel, so crops and frame picks cut the weights with the pixels
+            x = torch.cat([x, pixel_object_weights(batch["objects"].to(device), cfg.object_weight)], dim=1)
         if cfg.crop_frames or cfg.crop_size:
             x = random_crop(x, cfg.crop_frames, cfg.crop_size, step_generator(cfg.seed, step, CROP_STREAM))
         if is_image_step(cfg, step):
             x = single_frames(x, cfg.frames_per_clip, step_generator(cfg.seed, step, FRAME_STREAM))
-        metrics = train_step(cfg, step, x, vae, disc, opt, disc_opt, last_layer, device, amp)
+        x, weights = (x[:, :3], x[:, 3:]) if cfg.object_weight > 0 else (x, None)
+        metrics = train_step(cfg, step, x, vae, disc, opt, disc_opt, last_layer, device, amp, weights)
         ema.update(vae)
         metrics["lr"] = lr
         averager.add(metrics)
@@ -207,14 +225,16 @@ def train(cfg: VAETrainConfig) -> Path:
 
 def train_step(cfg: VAETrainConfig, step: int, x: torch.Tensor, vae: CogVideoXVAE, disc: PatchDiscriminator3D,
                opt: torch.optim.Optimizer, disc_opt: torch.optim.Optimizer, last_layer: torch.Tensor,
-               device: torch.device, amp: torch.dtype | None) -> dict[str, torch.Tensor]:
+               device: torch.device, amp: torch.dtype | None,
+               weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """One generator (+ discriminator) step on x [B, 3, T, H, W]; `weights` [B, 1, T, H, W] weight the L1 terms."""
     gan = step >= cfg.disc_start
     with autocast(device, amp), torch.set_grad_enabled(cfg.train_encoder):
         posterior = vae.encode(x)
     with autocast(device, amp):
         x_hat = vae.decode(posterior.sample(step_generator(cfg.seed, step, NOISE_STREAM, device))).float()
-    l1 = (x_hat - x).abs().mean()
-    grad_l1 = finite_difference_l1(x_hat, x)
+    l1 = weighted_l1(x_hat, x, weights)
+    grad_l1 = finite_difference_l1(x_hat, x, weights)
     rec = l1 + cfg.grad_weight * grad_l1
     kl = kl_per_pixel(posterior.kl().float(), x)
     loss = rec + cfg.kl_weight * kl
