@@ -14,6 +14,7 @@
 #                                               # full size; also copies the shipped model to the GPU disk ($R/ship)
 #   bash scripts/train_tiny_gpu.sh v4dit        # the shipped transformer adapted to the v4 VAE's latents + a
 #                                               # decoder-only v4 stage, side by side; FINAL=1 ends both
+#   V4D=path bash scripts/train_tiny_gpu.sh v4dec   # one more decoder-only stage from v4dit's VAE export, alone
 #   bash scripts/train_tiny_gpu.sh taskmix      # masked-context DiT (T2V/I2V/extend/interpolate) widened from the
 #                                               # shipped transformer + a decoder-only VAE stage from the shipped VAE,
 #                                               # side by side; FINAL=1 on the last call sizes steps and exports
@@ -202,8 +203,19 @@ v4dit)  # after objvae on the same machine: carries runs/devcarry (text encoder)
             export_dtype=bf16 sample_every=1000 ckpt_every=500)
   vae_args=(preset=tiny $VAE_ARCH init_from=$R/vae_v4/export/vae train_encoder=false
             object_weight=${VAE_OBJECT_WEIGHT:-8} batch_size=8 lr=1e-4 warmup_steps=100 disc_start=10000000
-            num_workers=4 sample_every=1000 ckpt_every=500)
+            num_workers=4 sample_every=1000 ckpt_every=500 export_dtype=bf16)
   side_by_side v4 vae_v4d ${V4_STEPS:-6000} ${VAE_V4D_STEPS:-4000}
+  ;;
+v4dec)  # V4D=<v4dit's VAE export>: decoder only, object-weighted, alone on the GPU (the shipped v4 decoder)
+  args=(preset=tiny $VAE_ARCH init_from=$V4D train_encoder=false object_weight=${VAE_OBJECT_WEIGHT:-8} batch_size=16
+        lr=5e-5 warmup_steps=50 disc_start=10000000 num_workers=14 sample_every=100000 ckpt_every=250
+        export_dtype=bf16)
+  vidfusion train vae --config configs/vae_tiny.toml out_dir=$R/vae_v4e progress=false steps=${VAE_V4E_STEPS:-1000} \
+    "${args[@]}" max_minutes=$(python3 -c "print(($(left) - 75) / 60)")
+  [ -d $R/vae_v4e/export/vae ] || finish $R/vae_v4e vae configs/vae_tiny.toml "${args[@]}"
+  cp $R/vae_v4e/metrics.jsonl $OUT/vae_v4e_metrics.jsonl
+  vidfusion eval vae --model $R/vae_v4e/export/vae --world-n 50 --device cuda --json $OUT/vae_v4e_eval.json | tail -n 3
+  bring_back vae_v4e $R/vae_v4e/export/vae
   ;;
 eval)  # eval MODEL_FOLDER: prompt adherence on 200 held-out prompts and world VAE PSNR, on the GPU
   vidfusion eval adherence --model $2 -n ${N:-200} --device cuda -q --json $OUT/adherence.json | tail -n 9
