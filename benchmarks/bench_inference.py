@@ -42,6 +42,7 @@ import torch
 from vidfusion.io.checkpoint import write_json
 from vidfusion.models.transformer import (
     ATTENTION_BACKENDS,
+    ATTENTION_CHOICES,
     TRANSFORMER_PRESETS,
     CogVideoXTransformer,
     TransformerConfig,
@@ -120,7 +121,8 @@ def main() -> None:
     parser.add_argument("--text-tokens", type=int, default=226)
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--attention", default="auto", choices=list(ATTENTION_BACKENDS))
+    parser.add_argument("--attention", default="auto", choices=list(ATTENTION_CHOICES),
+                        help="ours' kernel; with flash-cute diffusers keeps PyTorch's default SDPA choice")
     parser.add_argument("--diffusers-attention", default="same", choices=["same", "default"],
                         help="same: diffusers runs under the same SDPA kernel choice as ours; default: PyTorch's")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models (fullgraph for ours)")
@@ -203,8 +205,9 @@ def main() -> None:
             del state
             rope = rope_3d(config, latent_f, latent_h, latent_w, device) if config.use_rotary_positional_embeddings else None
             run_ref = torch.compile(ref) if args.compile else ref
-            kernels = ATTENTION_BACKENDS[args.attention]
-            same = args.diffusers_attention == "same" and (args.attention != "auto" or device.type == "cuda")
+            kernels = ATTENTION_BACKENDS.get(args.attention)  # None for flash-cute, which diffusers cannot use
+            same = (args.diffusers_attention == "same" and kernels is not None
+                    and (args.attention != "auto" or device.type == "cuda"))
 
             def ref_step():
                 with sdpa_kernel(kernels, set_priority=True) if same else contextlib.nullcontext():

@@ -146,3 +146,47 @@ def test_compile_fullgraph_has_no_graph_breaks(like, backend):
     finally:
         set_attention_backend("auto")
     assert want.abs().mean() > 0.1 and max_diff(got, want) <= EXACT
+
+
+def bshd_attention(q, k, v):
+    """An independent stand-in for FlashAttention's CuTe kernel with its contract: [B, S, heads, D] tensors of any
+    strides with a unit last one, returning (out [B, S, heads, D], lse)."""
+    assert q.ndim == 4 and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / q.shape[-1] ** 0.5
+    return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v), None
+
+
+def test_flash_cute_backend_layout_and_missing_install(monkeypatch):
+    from vidfusion.models import flash_cute
+
+    # Not installed on the CPU machine: the choice fails at once and names the fix; the old choice stays.
+    monkeypatch.setattr(flash_cute, "_kernel", None)
+    monkeypatch.setitem(__import__("sys").modules, "flash_attn.cute", None)
+    with pytest.raises(VidFusionError, match="pip install flash-attn-4"):
+        set_attention_backend("flash-cute")
+    assert get_attention_backend() == "auto"
+
+    model = randomize(CogVideoXTransformer(tiny_config("cogvideox-5b")), 23).eval()
+    x, ctx, t = rand(2, 3, 4, 8, 12, seed=24), rand(2, 7, 20, seed=25), torch.tensor([900, 40])
+    flash_cute.set_kernel(bshd_attention)
+    try:
+        with torch.no_grad():
+            want = model(x, ctx, t)
+            set_attention_backend("flash-cute")
+            got = model(x, ctx, t)
+            torch._dynamo.reset()
+            compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(x, ctx, t)  # the custom op traces
+    finally:
+        set_attention_backend("auto")
+        flash_cute.set_kernel(None)
+    assert want.abs().mean() > 0.1
+    assert max_diff(got, want) <= 1e-5 * want.abs().max().item()
+    assert max_diff(compiled, want) <= 1e-5 * want.abs().max().item()
+
+
+def test_flash_cute_refuses_cpu_tensors():
+    from vidfusion.models import flash_cute
+
+    q = torch.randn(1, 2, 5, 8)
+    with pytest.raises(VidFusionError, match="runs on CUDA in bf16 or fp16, not cpu float32"):
+        flash_cute.attention(q, q, q)

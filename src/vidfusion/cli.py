@@ -342,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="approximate: e4m3 linear layers in the transformer blocks (fast on Hopper GPUs; see "
                           "docs/inference.md for the quality cost)")
     gen.add_argument("--attention", default="auto", metavar="NAME",
-                     help="SDPA kernel: auto, cudnn, flash, efficient or math (default auto)")
+                     help="attention kernel: the SDPA ones auto, cudnn, flash, efficient, math (default auto), or "
+                          "flash-cute (FlashAttention's CuTe-DSL kernel, if installed; see docs/inference.md)")
     gen.add_argument("--vae-tiling", action="store_true",
                      help="decode in overlapping spatial tiles (diffusers' tiling: less memory, slightly different "
                           "output); with --gpus the tiles are split across the GPUs")

@@ -36,6 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vidfusion.errors import VidFusionError
 from vidfusion.io.config import config_from_dict
+from vidfusion.models import flash_cute
 from vidfusion.models.fp8 import Fp8Linear, fp8_linear
 from vidfusion.models.step_cache import FirstBlockCache
 
@@ -326,6 +327,8 @@ ATTENTION_BACKENDS: dict[str, list[SDPBackend]] = {
     "efficient": [SDPBackend.EFFICIENT_ATTENTION],
     "math": [SDPBackend.MATH],
 }
+# Beyond SDPA: FlashAttention's CuTe-DSL kernel, when installed (models/flash_cute.py).
+ATTENTION_CHOICES = (*ATTENTION_BACKENDS, "flash-cute")
 _attention_backend = "auto"
 
 
@@ -334,11 +337,14 @@ def set_attention_backend(name: str) -> None:
 
     "auto": cuDNN, then flash, then memory-efficient, then math on CUDA; elsewhere PyTorch's own choice (on CPU its
     fused flash kernel, faster and lighter than math, with math as fallback). A named backend is used alone,
-    so SDPA raises if that kernel cannot run the inputs (e.g. "flash" on fp32 CUDA tensors).
+    so SDPA raises if that kernel cannot run the inputs (e.g. "flash" on fp32 CUDA tensors). "flash-cute" is
+    FlashAttention's CuTe-DSL kernel (CUDA, bf16/fp16), imported here so that a missing install fails at once.
     """
     global _attention_backend
-    if name not in ATTENTION_BACKENDS:
-        raise VidFusionError(f"unknown attention backend {name!r}; use one of {', '.join(ATTENTION_BACKENDS)}")
+    if name not in ATTENTION_CHOICES:
+        raise VidFusionError(f"unknown attention backend {name!r}; use one of {', '.join(ATTENTION_CHOICES)}")
+    if name == "flash-cute":
+        flash_cute.load_kernel()
     _attention_backend = name
 
 
@@ -350,6 +356,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """Full (unmasked) attention over [B, heads, S, head_dim] with the kernel chosen by `set_attention_backend`."""
     if _attention_backend == "auto" and q.device.type != "cuda":
         return F.scaled_dot_product_attention(q, k, v)
+    if _attention_backend == "flash-cute":
+        return flash_cute.attention(q, k, v)
     with sdpa_kernel(ATTENTION_BACKENDS[_attention_backend], set_priority=True):
         return F.scaled_dot_product_attention(q, k, v)
 
