@@ -6,6 +6,12 @@ kernel pays. Default shape: one 5B layer under CFG, batch 2, 48 heads x 64, 17,5
     python benchmarks/bench_attention.py --json attention.json
     python benchmarks/bench_attention.py --heads 30 --kernels cudnn,flash-cute        # the 2B layer
     python benchmarks/bench_attention.py --cute-blocks 128x128,128x192,192x128       # FA-cute tile shapes
+    python benchmarks/bench_attention.py --layout packed-v --kernels flash-cute      # v a view of a fused qkv output
+
+--layout sets how q, k, v lie in memory (the kernels see [B, H, S, D] views of them either way): bhsd (each
+contiguous as [B, H, S, D], SDPA's own layout), bshd (each contiguous as [B, S, H, D], FlashAttention's), packed-v
+(q and k bhsd, v a view of one [B, S, 3, H, D] projection output, as our blocks produce them), packed (all three
+views of that output).
 
 Reported per kernel: median ms over --runs calls after --warmup, TFLOP/s (4 * B * H * S^2 * D: QK^T and PV), and the
 max relative error max|out - ref| / max|ref| against the memory-efficient SDPA kernel run in fp32 on the same
@@ -65,6 +71,21 @@ def kernel_fn(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     raise SystemExit(f"unknown kernel {name!r}")
 
 
+def make_inputs(shape: tuple[int, int, int, int], layout: str) -> tuple[torch.Tensor, ...]:
+    """q, k, v as [B, H, S, D] views of standard-normal bf16 memory laid out as `layout` says (see the docstring)."""
+    b, h, s, d = shape
+    g = torch.Generator("cuda").manual_seed(0)
+    randn = lambda *size: torch.randn(size, generator=g, device="cuda", dtype=torch.bfloat16)  # noqa: E731
+    if layout == "bhsd":
+        return tuple(randn(b, h, s, d) for _ in range(3))
+    if layout == "bshd":
+        return tuple(randn(b, s, h, d).transpose(1, 2) for _ in range(3))
+    packed = randn(b, s, 3, h, d).permute(2, 0, 3, 1, 4)  # [3, B, H, S, D] views
+    if layout == "packed":
+        return tuple(packed)
+    return packed[0].contiguous(), packed[1].contiguous(), packed[2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=2)
@@ -73,6 +94,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=17550 + 226)
     parser.add_argument("--kernels", default="cudnn,flash,efficient,flash-cute")
     parser.add_argument("--cute-blocks", default="", help="extra flash-cute tile shapes, e.g. 128x128,128x192")
+    parser.add_argument("--layout", default="bhsd", choices=["bhsd", "bshd", "packed-v", "packed"])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--json", metavar="OUT")
@@ -81,14 +103,13 @@ def main() -> None:
         raise SystemExit("bench_attention times CUDA kernels; run it on a GPU machine")
 
     shape = (args.batch, args.heads, args.tokens, args.head_dim)
-    g = torch.Generator("cuda").manual_seed(0)
-    q, k, v = (torch.randn(shape, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = make_inputs(shape, args.layout)
     with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
         ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
     flops = 4 * args.batch * args.heads * args.tokens**2 * args.head_dim
     names = [n for n in args.kernels.split(",") if n]
     names += [f"flash-cute:{b}" for b in args.cute_blocks.split(",") if b]
-    result = {"shape_bhsd": list(shape), "dtype": "bfloat16", "device": torch.cuda.get_device_name(),
+    result = {"shape_bhsd": list(shape), "layout": args.layout, "dtype": "bfloat16", "device": torch.cuda.get_device_name(),
               "torch": torch.__version__, "kernels": {}}
     for name in names:
         try:

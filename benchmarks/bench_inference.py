@@ -111,6 +111,19 @@ def measure(name: str, fn, args, flops: float, device: torch.device) -> tuple[di
     return result, out
 
 
+def profile_step(fn, device: torch.device) -> str:
+    """The kernels of one call by device time (run after the timed calls, so nothing compiles here)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA if device.type == "cuda" else ProfilerActivity.CPU]) as prof:
+        fn()
+        sync(device)
+    table = prof.key_averages().table(sort_by="self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total",
+                                      row_limit=30, max_name_column_width=90)
+    print(table, flush=True)
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="5b", choices=sorted(CONFIGS))
@@ -133,6 +146,8 @@ def main() -> None:
     parser.add_argument("--skipped-step", action="store_true",
                         help="also time a step that the first-block cache skips (blocks 1.. replaced by the cached "
                              "residual): the cost of a cache hit")
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing, profile one step of ours and print the kernels that took the most time")
     parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
     args = parser.parse_args()
 
@@ -172,6 +187,8 @@ def main() -> None:
         run_ours = torch.compile(ours, fullgraph=True) if args.compile else ours
         result["ours"], out_ours = measure("ours", lambda: run_ours(x, context, t), args, flops, device)
         result["ours_finite"] = bool(out_ours.isfinite().all())
+        if args.profile:
+            result["profile"] = profile_step(lambda: run_ours(x, context, t), device)
         if args.fp8:
             result["fp8_rel_err_vs_bf16"] = float((out_ours - exact).abs().max() / exact.abs().max())
             result["fp8_rel_fro_err_vs_bf16"] = float((out_ours - exact).norm() / exact.norm())

@@ -233,6 +233,37 @@ def test_long_video_chunks_context_and_cross_fade(monkeypatch):
             long_video.check_context_frames(bad, 9)
 
 
+def test_long_video_drift_options(monkeypatch):
+    """colour_match removes a chunk's per-channel bias on its overlap; context_noise reaches the Context."""
+    made = torch.rand(9, 3, 8, 8) * 0.5 - 0.25
+    chunk = torch.rand(9, 3, 8, 8) * 0.5
+    chunk[:5] = made[-5:] + torch.tensor([0.1, -0.2, 0.05]).view(1, 3, 1, 1)  # a biased re-rendering
+    matched = long_video.match_colour(made, chunk, 5)
+    torch.testing.assert_close(matched[:5], made[-5:])
+    torch.testing.assert_close(matched[5:] - chunk[5:], torch.tensor([-0.1, 0.2, -0.05]).view(1, 3, 1, 1).expand(4, 3, 8, 8))
+    assert long_video.match_colour(made, chunk * 0 + 2, 5).max() <= 1.0  # stays in range
+
+    calls = []
+    monkeypatch.setattr(long_video, "generate_with_context", fake_generator(calls))
+    components = context_components()
+    long_video.long_video(components, T2VRequest("a red circle"), 13, progress=False, context_noise=0.05)
+    assert calls[0][1].noise_sigma == 0.0 and calls[1][1].noise_sigma == 0.05  # the first chunk has no context
+
+
+def test_context_noise_changes_only_the_context():
+    components = context_components(seed=2)
+    request = T2VRequest("a red circle", num_steps=2, seed=3)
+    frames = torch.rand(9, 3, 64, 64) * 2 - 1
+    known = torch.zeros(9, dtype=torch.bool)
+    known[:5] = True
+    clean = generate_with_context(components, request, Context(frames, known), progress=False)
+    noisy = generate_with_context(components, request, Context(frames, known, noise_sigma=0.05), progress=False)
+    again = generate_with_context(components, request, Context(frames, known, noise_sigma=0.05), progress=False)
+    empty = generate_with_context(components, request, Context(None, None, noise_sigma=0.05), progress=False)
+    assert torch.equal(noisy, again) and (noisy - clean).abs().mean() > 1e-4
+    assert torch.equal(empty, generate_with_context(components, request, Context(None, None), progress=False))
+
+
 def test_extend_keeps_the_given_frames_and_refuses_short_videos(monkeypatch):
     calls = []
     monkeypatch.setattr(long_video, "generate_with_context", fake_generator(calls))

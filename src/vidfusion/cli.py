@@ -300,6 +300,8 @@ def _write_json(path: str, obj: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vidfusion.cli_context import drift_flags
+
     parser = argparse.ArgumentParser(prog="vidfusion", description="Latent video diffusion.")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -316,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "models such as the shipped one)")
     gen.add_argument("--context-frames", type=int, default=5, metavar="K",
                      help="with --length: frames of context per chunk, 4s + 1 (default 5)")
+    drift_flags(gen)
     gen.add_argument("--context-guidance", type=float, default=None, metavar="S",
                      help="context guidance scale for masked-context models; 1 disables (default: the model's, "
                           "2 for the shipped one)")

@@ -64,7 +64,8 @@ def generate_from_context(args: argparse.Namespace, components, request, image):
             raise VidFusionError("--image with --length is not supported yet; make the first chunk with --image, "
                                  "then `vidfusion extend` it")
         video, _ = long_video(components, request, args.length, context_frames=args.context_frames,
-                              context_scale=context_scale, fps=fps, progress=not args.quiet)
+                              context_scale=context_scale, fps=fps, progress=not args.quiet,
+                              colour_match=args.colour_match, context_noise=args.context_noise)
         return video
     if image is not None:
         frames, height, width = resolve_size(components.transformer.config, request)
@@ -87,7 +88,8 @@ def cmd_extend(args: argparse.Namespace) -> None:
     request = _request(args, components, args.prompt)
     length = args.length if args.length is not None else video.shape[0] + args.add
     out, joins = long_video(components, request, length, start=video, context_frames=args.context_frames,
-                            context_scale=_context_guidance(args, components), progress=not args.quiet)
+                            context_scale=_context_guidance(args, components), progress=not args.quiet,
+                            colour_match=args.colour_match, context_noise=args.context_noise)
     write_video(out, args.output, fps=fps or generation_fps(components))
     print(f"wrote {args.output} ({video.shape[0]} + {out.shape[0] - video.shape[0]} frames, chunks joined at "
           f"{joins}) in {time.perf_counter() - start:.1f} s")
@@ -127,6 +129,7 @@ def cmd_eval_context(args: argparse.Namespace) -> None:
     elif args.eval_command == "long":
         result = context_eval.evaluate_long(components, n=args.n, chunks_x=args.times,
                                             context_frames=args.context_frames, keep_videos=1 if args.sheet else 0,
+                                            colour_match=args.colour_match, context_noise=args.context_noise,
                                             **common)
         table = result["adherence"]
         for part in ("first", "last"):
@@ -164,6 +167,14 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def drift_flags(p: argparse.ArgumentParser) -> None:
+    """Options of chunk-by-chunk generation against drift (pipelines/long_video.py)."""
+    p.add_argument("--colour-match", action="store_true",
+                   help="shift each new chunk's colours to match the frames it continues (against colour drift)")
+    p.add_argument("--context-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="pixel noise on the context frames, [-1, 1] scale, as in training (e.g. 0.05; default 0)")
+
+
 def add_parsers(sub, eval_sub) -> None:
     ext = sub.add_parser("extend", help="continue a video chunk by chunk (masked-context model)")
     ext.add_argument("video")
@@ -173,6 +184,7 @@ def add_parsers(sub, eval_sub) -> None:
     ext.add_argument("--add", type=int, default=48, help="frames to add when --length is not given (default 48)")
     ext.add_argument("--context-frames", type=int, default=5, metavar="K",
                      help="frames of context per chunk, 4s + 1 (default 5: two latent frames)")
+    drift_flags(ext)
     _sampling_flags(ext)
     ext.set_defaults(func=cmd_extend)
 
@@ -196,6 +208,7 @@ def add_parsers(sub, eval_sub) -> None:
             p.add_argument("--times", type=int, default=10, help="length in trained lengths (default 10)")
             p.add_argument("--context-frames", type=int, default=5, metavar="K")
             p.add_argument("--sheet", default=None, metavar="PNG", help="contact sheet of the first video")
+            drift_flags(p)
         if name == "interp":
             p.add_argument("--no-prompt", action="store_true", help="interpolate without the caption")
         p.set_defaults(func=cmd_eval_context)

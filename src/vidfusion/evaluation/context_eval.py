@@ -97,7 +97,8 @@ def seam_ratio(video: np.ndarray, joins: list[int], overlap: int) -> dict:
 
 def evaluate_long(components: Components, n: int = 20, chunks_x: int = 10, split: str = "heldout", seed: int = 0,
                   steps: int | None = None, guidance: float | None = None, context_frames: int = 5,
-                  context_scale: float = 1.0, progress: bool = True, keep_videos: int = 0) -> dict:
+                  context_scale: float = 1.0, progress: bool = True, keep_videos: int = 0,
+                  colour_match: bool = False, context_noise: float = 0.0) -> dict:
     config = components.transformer.config
     t = config.sample_frames
     rows, videos = [], []
@@ -105,7 +106,8 @@ def evaluate_long(components: Components, n: int = 20, chunks_x: int = 10, split
         scene, prompt, _ = scene_and_caption(index, split)
         attributes = prompt_attributes(scene)
         video, joins = long_video(components, _request(components, prompt, steps, guidance, seed), chunks_x * t,
-                                  context_frames=context_frames, context_scale=context_scale, progress=False)
+                                  context_frames=context_frames, context_scale=context_scale, progress=False,
+                                  colour_match=colour_match, context_noise=context_noise)
         out = to_uint8_frames(video)
         if len(videos) < keep_videos:
             videos.append(out)
@@ -125,7 +127,7 @@ def evaluate_long(components: Components, n: int = 20, chunks_x: int = 10, split
         "rows": rows,
         "videos": videos,
         "settings": {"n": n, "frames": chunks_x * t, "split": split, "seed": seed, "context_frames": context_frames,
-                     "context_scale": context_scale},
+                     "context_scale": context_scale, "colour_match": colour_match, "context_noise": context_noise},
     }
 
 

@@ -13,6 +13,13 @@ Carrying the causal VAE's conv cache across chunks would need one latent sequenc
 sampling does not have.
 
 Each chunk has its own seed (seed + chunk index), so a longer video begins with the same frames as a shorter one.
+
+Drift (opt-in, measured in docs/context.md): every chunk re-renders its context with a small bias of its own (on the
+tiny model the background darkened chunk after chunk), and the next chunk inherits it. `match_colour` shifts each new
+chunk's RGB channels by the difference between the frames it re-renders and its rendering of them (per-channel means
+over the overlap), so the bias of one chunk is removed before the next one reads it. `context_noise` adds training's
+pixel noise to the context frames (Context.noise_sigma), so the model treats them as the noisy observations it was
+trained on rather than exact ones.
 """
 
 from __future__ import annotations
@@ -53,10 +60,16 @@ def cross_fade(made: torch.Tensor, chunk: torch.Tensor, overlap: int) -> torch.T
     return torch.cat([made[:-overlap], blended, chunk[overlap:]])
 
 
+def match_colour(made: torch.Tensor, chunk: torch.Tensor, overlap: int) -> torch.Tensor:
+    """`chunk` shifted per RGB channel so that its first `overlap` frames have the mean colour of made's last ones."""
+    shift = made[-overlap:].mean(dim=(0, 2, 3)) - chunk[:overlap].mean(dim=(0, 2, 3))
+    return (chunk + shift.view(1, 3, 1, 1)).clamp(-1.0, 1.0)
+
+
 def long_video(
     components: Components, request: T2VRequest, length: int, start: torch.Tensor | None = None,
     context_frames: int = DEFAULT_CONTEXT_FRAMES, context_scale: float = 1.0, fps: float | None = None,
-    progress: bool = True,
+    progress: bool = True, colour_match: bool = False, context_noise: float = 0.0,
 ) -> tuple[torch.Tensor, list[int]]:
     """A video [length, 3, H, W] in [-1, 1] (CPU, float32) and the frame indices where chunks were joined (the first
     new frame of each later chunk). `start` [N, 3, H, W] (N >= context_frames): a video to extend; its frames are kept, except that its last
@@ -93,8 +106,10 @@ def long_video(
         frames[:context_frames] = made[-context_frames:]
         known = torch.zeros(chunk_frames, dtype=torch.bool)
         known[:context_frames] = True
-        chunk = generate_with_context(components, chunk_request, Context(frames, known, fps, context_scale),
-                                      progress=False)
+        chunk = generate_with_context(components, chunk_request,
+                                      Context(frames, known, fps, context_scale, context_noise), progress=False)
+        if colour_match:
+            chunk = match_colour(made, chunk, context_frames)
         joins.append(made.shape[0])
         made = cross_fade(made, chunk, context_frames)
     bar.close()

@@ -116,7 +116,7 @@ def encode_context(
         if noise_sigmas is not None:
             device = generator.device if generator is not None else filled.device
             noise = torch.randn(filled.shape, generator=generator, device=device).to(filled.device)
-            filled = filled + noise_sigmas[rows].to(filled.device).view(-1, 1, 1, 1, 1) * noise
+            filled = filled + noise_sigmas.to(rows.device)[rows].to(filled.device).view(-1, 1, 1, 1, 1) * noise
         z = vae.encode(filled.to(param.dtype)).mode().float() * vae.config.scaling_factor
         latents[rows] = z.permute(0, 2, 1, 3, 4).to(latents.device)
     mask = mask.to(latents.device)
@@ -156,6 +156,9 @@ class Context:
     known: torch.Tensor | None
     fps: float = DEFAULT_FPS
     guidance_scale: float = 1.0  # context guidance; 1 = off (one model call fewer)
+    # Pixel noise (std, [-1, 1] scale) on the known frames before encoding, as every training sample had (sigma =
+    # exp(N(-3, 0.5)), median 0.05). 0 = clean frames, the I2V recipe; long videos can use it against drift.
+    noise_sigma: float = 0.0
 
 
 @torch.no_grad()
@@ -235,7 +238,12 @@ def generate_with_context(
     guided = request.guidance_scale > 1.0
     text = encode_prompts(components, [request.prompt], [request.negative_prompt or ""], guided).to(dtype)
     video = pixels.transpose(0, 1)[None].to(device)
-    context_latents, mask = encode_context(components.vae, video, known[None].to(device))
+    sigmas, noise_generator = None, None
+    if context.noise_sigma > 0:
+        # Its own generator, so the initial noise of the sample is the same with and without context noise.
+        sigmas = torch.tensor([context.noise_sigma])
+        noise_generator = torch.Generator("cpu").manual_seed(request.seed + 1_000_003)
+    context_latents, mask = encode_context(components.vae, video, known[None].to(device), sigmas, noise_generator)
     context_latents, mask = context_latents.to(dtype), mask.to(dtype)
 
     generator = torch.Generator("cpu").manual_seed(request.seed)
