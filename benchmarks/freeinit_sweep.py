@@ -60,7 +60,7 @@ from vidfusion.pipelines.text_to_video import (
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "src" / "vidfusion" / "weights" / "tiny-t2v"
 ATTRIBUTES = ("colour", "shape", "motion", "count", "size")
-RENOISE_LEVELS = (999, 990, 970, 950, 930, 900, 880, 850, 800, 700, 600, 500)
+RENOISE_LEVELS = (999, 990, 970, 950, 930, 900, 880, 850, 820, 800, 700, 600, 500)
 
 
 # ------------------------------------------------------------------------------------------------------ generation

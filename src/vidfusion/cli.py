@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--freeinit-ds", type=float, default=None, metavar="D", help="spatial stop frequency (default 0.25)")
     gen.add_argument("--freeinit-dt", type=float, default=None, metavar="D", help="temporal stop frequency (default 0.25)")
     gen.add_argument("--freeinit-renoise", type=int, default=None, metavar="T",
-                     help="timestep the previous pass is re-noised to (default: where alphabar ~ 0.00466; 880 for the "
+                     help="timestep the previous pass is re-noised to (default: where alphabar ~ 0.0133; 820 for the "
                           "shipped model; see docs/freeinit.md)")
     gen.add_argument("--freeinit-coarse-to-fine", action="store_true",
                      help="earlier passes use fewer steps (pass i of N: steps * i / N)")
