@@ -180,7 +180,7 @@ def run_sweep(args: argparse.Namespace) -> None:
     guidance = sampling_default(components.defaults, "guidance_scale", args.guidance)
     sampler = args.sampler or components.default_sampler
     prompts, attributes = [], []
-    for index in range(args.n):
+    for index in range(args.first, args.first + args.n):
         scene, caption, _ = scene_and_caption(index, "heldout")
         prompts.append(caption)
         attributes.append(prompt_attributes(scene))
@@ -188,6 +188,8 @@ def run_sweep(args: argparse.Namespace) -> None:
 
     run = {"model": str(model), "n": args.n, "seeds": args.seeds, "num_steps": num_steps, "guidance_scale": guidance,
            "sampler": sampler, "dtype": args.dtype, "d_s": args.ds, "d_t": args.dt, "batch": args.batch}
+    if args.first:
+        run["first"] = args.first  # only when set, so results of earlier runs still resume
     out = Path(args.out)
     results_path = out / "results.json"
     results = read_json(results_path) if results_path.is_file() else {"run": run, "configs": {}}
@@ -218,7 +220,7 @@ def run_sweep(args: argparse.Namespace) -> None:
                 torch.cuda.synchronize(device)
             seconds = (time.perf_counter() - tick) / len(batch)
             scores = score_batch(videos, [attributes[i] for i, _ in batch], encoder, pool)
-            rows += [{"index": i, "seed": s, "seconds": seconds, **sc} for (i, s), sc in zip(batch, scores)]
+            rows += [{"index": args.first + i, "seed": s, "seconds": seconds, **sc} for (i, s), sc in zip(batch, scores)]
         plain = results["configs"].get("plain", {}).get("rows") if name != "plain" else None
         summary = summarise(rows, plain)
         results["configs"][name] = {"settings": dataclasses.asdict(settings),
@@ -280,6 +282,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="model folder (default: the shipped tiny model)")
     parser.add_argument("-n", type=int, default=100, help="heldout prompts (the split's first n captions)")
+    parser.add_argument("--first", type=int, default=0,
+                        help="start at this heldout index (e.g. 100: prompts not used to choose the defaults)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--steps", type=int, default=None, help="steps per pass (default: the model's)")
     parser.add_argument("--guidance", type=float, default=None, help="default: the model's")
