@@ -15,6 +15,8 @@
 #   bash scripts/train_tiny_gpu.sh v4dit        # the shipped transformer adapted to the v4 VAE's latents + a
 #                                               # decoder-only v4 stage, side by side; FINAL=1 ends both
 #   V4D=path bash scripts/train_tiny_gpu.sh v4dec   # one more decoder-only stage from v4dit's VAE export, alone
+#   DEVCARRY=/tmp/dc bash scripts/train_tiny_gpu.sh shapecon   # the shipped transformer with the shape-contrast
+#                                               # term (a shape-swapped caption as a negative), alone on the GPU
 #   bash scripts/train_tiny_gpu.sh taskmix      # masked-context DiT (T2V/I2V/extend/interpolate) widened from the
 #                                               # shipped transformer + a decoder-only VAE stage from the shipped VAE,
 #                                               # side by side; FINAL=1 on the last call sizes steps and exports
@@ -183,6 +185,17 @@ objmore)  # OBJ_INIT=transformer folder: a further object-weighted cycle alone o
   [ -f $R/obj2/export/model_index.json ] || finish $R/obj2 dit configs/dit_tiny.toml "${args[@]}"
   cp $R/obj2/metrics.jsonl $OUT/obj2_metrics.jsonl
   bring_back obj2_transformer $R/obj2/export/transformer
+  ;;
+shapecon)  # the shipped transformer + the shape-contrast term (train_dit.py shape_contrast), alone on the GPU, one call
+  W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
+  args=(vae_path=$W/vae init_from=${SC_INIT:-$W/transformer} task_mix=${TASK_MIX:-0.3,0.2,0.25,0.25} echo=2
+        lr=${SC_LR:-1e-4} warmup_steps=100 object_weight=${OBJECT_WEIGHT:-4} shape_contrast=${SHAPE_CONTRAST:-1}
+        shape_margin=${SHAPE_MARGIN:-0.01} num_workers=10 export_dtype=bf16 sample_every=100000 ckpt_every=500)
+  vidfusion train dit --config configs/dit_tiny.toml out_dir=$R/sc progress=false steps=${SC_STEPS:-2000} \
+    "${args[@]}" max_minutes=$(python3 -c "print(($(left) - 45) / 60)")
+  [ -f $R/sc/export/model_index.json ] || finish $R/sc dit configs/dit_tiny.toml "${args[@]}"
+  cp $R/sc/metrics.jsonl $OUT/sc_metrics.jsonl
+  bring_back sc_transformer $R/sc/export/transformer
   ;;
 objvae)  # v4 VAE stage A (one call): needs the shipped weights in the tree, no text encoder
   W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}

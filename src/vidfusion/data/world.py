@@ -27,20 +27,21 @@ from __future__ import annotations
 import colorsys
 import itertools
 import math
+import re
 from dataclasses import dataclass, replace
 from typing import Iterator
 
 import cv2
 import numpy as np
 
-from vidfusion.data.captions import caption, parse_prompt, uses_heldout_phrasing
+from vidfusion.data.captions import COLOUR_WORDS, SHAPE_WORDS, caption, parse_prompt, uses_heldout_phrasing
 from vidfusion.errors import VidFusionError
 
 __all__ = [
     "BackgroundSpec", "ObjectSpec", "SceneSpec", "Sample", "SHAPES", "COLOURS", "PALETTE", "SIZES", "MOTIONS",
     "DIRECTIONS", "BACKGROUNDS", "PANS", "SPLITS", "HELDOUT_PAIRS", "sample_scene", "render", "caption",
     "parse_prompt", "uses_heldout_phrasing", "prompt_attributes", "is_train_legal", "scene_and_caption", "sample",
-    "train_stream", "eval_split", "object_masks",
+    "train_stream", "eval_split", "object_masks", "shape_swapped_caption",
 ]
 
 SHAPES = ("circle", "square", "triangle", "star", "cross")
@@ -457,13 +458,54 @@ def _generators(split: str, index: int, seed: int) -> tuple[np.random.Generator,
     return np.random.default_rng(scene_seq), np.random.default_rng(caption_seq)
 
 
-def scene_and_caption(index: int, split: str = "train", seed: int = 0) -> tuple[SceneSpec, str, bool]:
-    """(scene, caption, heldout_phrasing) of one sample, without rendering it."""
+def _scene(index: int, split: str, seed: int) -> tuple[SceneSpec, np.random.Generator, bool]:
     scene_rng, caption_rng = _generators(split, index, seed)
     heldout_pair = split == "heldout" and index % 3 in (0, 2)
     heldout_phrasing = split == "heldout" and index % 3 in (1, 2)
     scene = sample_scene(scene_rng, allow_heldout_pairs=heldout_pair, heldout_main_pair=heldout_pair)
+    return scene, caption_rng, heldout_phrasing
+
+
+def scene_and_caption(index: int, split: str = "train", seed: int = 0) -> tuple[SceneSpec, str, bool]:
+    """(scene, caption, heldout_phrasing) of one sample, without rendering it."""
+    scene, caption_rng, heldout_phrasing = _scene(index, split, seed)
     return scene, caption(scene, caption_rng, heldout_phrasing=heldout_phrasing), heldout_phrasing
+
+
+_SWAP_SEED = 7_331
+
+
+def shape_swapped_caption(index: int, split: str = "train", seed: int = 0) -> str:
+    """Sample `index`'s caption with one colour group's shape word replaced by another shape's and every other word
+    kept: a caption that does not match the clip only in its shape (a negative for the DiT trainer's shape-contrast
+    term).
+
+    The word is replaced in the text, where the group's colour word stands right before it (train-split phrasing
+    always puts it there); re-captioning a changed scene would not keep the other words, because the synonym draws
+    take different amounts of the caption RNG for shapes with one or several synonyms. The new shape never forms a
+    held-out colour-shape pair in the train split. The result is checked with the caption parser, which must read the
+    original's attributes with only that shape changed; "" when no such caption results.
+    """
+    scene, original, heldout_phrasing = scene_and_caption(index, split, seed)
+    swap_rng = np.random.default_rng([_SWAP_SEED, _SPLIT_CODES[split], seed, index])
+    groups = scene.groups()
+    target = groups[int(swap_rng.integers(len(groups)))][0]
+    options = [s for s in SHAPES if s != target.shape and (split != "train" or (target.colour, s) not in HELDOUT_PAIRS)]
+    new_shape = options[int(swap_rng.integers(len(options)))]
+    new_singular, new_plural = SHAPE_WORDS[new_shape][0][int(swap_rng.integers(len(SHAPE_WORDS[new_shape][0])))]
+    colours = "|".join(re.escape(w) for w in sorted(set(sum(COLOUR_WORDS[target.colour], ())), key=len, reverse=True))
+    forms = {w: new_singular if i == 0 else new_plural
+             for pair in sum(SHAPE_WORDS[target.shape], ()) for i, w in enumerate(pair)}
+    shapes = "|".join(re.escape(w) for w in sorted(forms, key=len, reverse=True))
+    pattern = re.compile(rf"\b({colours}) ({shapes})\b")
+    swapped, count = pattern.subn(lambda m: f"{m.group(1)} {forms[m.group(2)]}", original)
+    want, got = parse_prompt(original), parse_prompt(swapped)
+    if count != 1 or want is None or got is None:
+        return ""
+    want["objects"] = [{**o, "shape": new_shape} if o["colour"] == target.colour else o for o in want["objects"]]
+    if want["colour"] == target.colour:
+        want["shape"] = new_shape
+    return swapped if got == want else ""
 
 
 def sample(index: int, split: str = "train", *, seed: int = 0, num_frames: int = 17, height: int = 128,

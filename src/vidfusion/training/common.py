@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from vidfusion.data.world import object_masks
+from vidfusion.data.world import object_masks, shape_swapped_caption
 from vidfusion.data.world import sample as world_sample
 from vidfusion.errors import VidFusionError
 
@@ -145,12 +145,12 @@ class EMA:
 class WorldClips(Dataset):
     """Sample `i` of the train split: {"video": uint8 [3, T, H, W], "caption": str}. Converting to float happens on
     the device, so workers and pinned memory move 4x fewer bytes. With `with_masks` also "objects": bool [T, H, W]
-    (world.object_masks)."""
+    (world.object_masks), with `with_swaps` "swapped_caption": str (world.shape_swapped_caption)."""
 
     def __init__(self, seed: int, num_frames: int, height: int, width: int, split: str = "train",
-                 with_masks: bool = False):
+                 with_masks: bool = False, with_swaps: bool = False):
         self.seed, self.num_frames, self.height, self.width, self.split = seed, num_frames, height, width, split
-        self.with_masks = with_masks
+        self.with_masks, self.with_swaps = with_masks, with_swaps
 
     def __len__(self) -> int:
         return 2**62
@@ -161,6 +161,8 @@ class WorldClips(Dataset):
         item = {"video": torch.from_numpy(s.video).permute(3, 0, 1, 2).contiguous(), "caption": s.caption}
         if self.with_masks:
             item["objects"] = torch.from_numpy(object_masks(s.scene, self.num_frames, self.height, self.width))
+        if self.with_swaps:
+            item["swapped_caption"] = shape_swapped_caption(index, self.split, self.seed)
         return item
 
 

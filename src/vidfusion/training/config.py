@@ -184,6 +184,10 @@ class DiTTrainConfig(TrainConfig):
     base_fps: float = 8.0
     # Loss weight 1 + object_weight on latent cells covered by the world's objects (train_dit.py); 0 = plain MSE.
     object_weight: float = 0.0
+    # Shape contrast (train_dit.py): weight of hinge(shape_margin - (loss with a shape-swapped caption - loss with the
+    # true one)) on the same noisy input; 0 = off. Costs a second forward and backward per step.
+    shape_contrast: float = 0.0
+    shape_margin: float = 0.01
     sample_prompts: tuple[str, ...] = field(default_factory=lambda: DEFAULT_PROMPTS)
     sample_steps: int = 20
     sample_guidance: float = 6.0
@@ -209,6 +213,9 @@ class DiTTrainConfig(TrainConfig):
         if self.object_weight < 0:
             raise VidFusionError(f"object_weight={self.object_weight} must be >= 0; 0 is plain MSE, e.g. 4 weights "
                                  f"object cells 5x")
+        if self.shape_contrast < 0 or self.shape_margin < 0:
+            raise VidFusionError(f"shape_contrast={self.shape_contrast} and shape_margin={self.shape_margin} must be "
+                                 f">= 0; e.g. shape_contrast=1 shape_margin=0.01")
         if self.task_mix:
             from vidfusion.training.task_mix import check_task_settings
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vidfusion.data.world import object_masks, render, scene_and_caption
+from vidfusion.data.world import object_masks, render, scene_and_caption, shape_swapped_caption
 from vidfusion.errors import VidFusionError
 
 TASKS = ("t2v", "i2v", "extend", "interpolate")
@@ -75,15 +75,17 @@ def sample_task(rng: np.random.Generator, weights: Sequence[float], extend_frame
 
 class TaskMixClips(Dataset):
     """Sample `i`: {"video": uint8 [3, T, H, W], "caption": str, "known": bool [T], "fps": float, "task": int}, and
-    with `with_masks` "objects": bool [T, H, W] (world.object_masks)."""
+    with `with_masks` "objects": bool [T, H, W] (world.object_masks), with `with_swaps` "swapped_caption": str
+    (world.shape_swapped_caption)."""
 
     def __init__(self, seed: int, num_frames: int, height: int, width: int, weights: Sequence[float],
                  extend_frames: Sequence[int], interp_fps: Sequence[float], base_fps: float,
-                 context_dropout: float, with_masks: bool = False):
+                 context_dropout: float, with_masks: bool = False, with_swaps: bool = False):
         check_task_settings(weights, extend_frames, interp_fps, base_fps, num_frames)
         self.seed, self.num_frames, self.height, self.width = seed, num_frames, height, width
         self.weights, self.extend_frames, self.interp_fps = tuple(weights), tuple(extend_frames), tuple(interp_fps)
         self.base_fps, self.context_dropout, self.with_masks = base_fps, context_dropout, with_masks
+        self.with_swaps = with_swaps
 
     def __len__(self) -> int:
         return 2**62
@@ -98,4 +100,6 @@ class TaskMixClips(Dataset):
                 "known": torch.from_numpy(known), "fps": fps, "task": TASKS.index(task)}
         if self.with_masks:
             item["objects"] = torch.from_numpy(object_masks(scene, self.num_frames, self.height, self.width, times))
+        if self.with_swaps:
+            item["swapped_caption"] = shape_swapped_caption(index, "train", self.seed)
         return item

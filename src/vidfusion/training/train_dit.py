@@ -13,6 +13,13 @@ cell (grown by one cell), normalised by the weights' sum. Objects fill about 5% 
 caption says (colour, shape, motion); with plain MSE the backgrounds' textures and pans take most of the gradient.
 The shipped v2 model learnt colour words but ignored motion and shape words (benchmarks/caption_swap.py).
 
+`shape_contrast` lambda > 0 adds lambda * mean(relu(shape_margin - (L_swap - L_true))): L_true is a sample's loss with
+its caption, L_swap with the same caption but one colour group's shape word replaced (world.shape_swapped_caption),
+on the same noisy input, timestep and target. Object weighting taught v3 motion words, but shape words still change
+the loss by at most 4e-4 (caption swap), so a wrong shape word costs the model nothing; the hinge asks for a gap of
+shape_margin between the two. Samples whose caption is dropped this step, or that have no valid swap, do not take
+part. Untested at scale: this is the next training run's candidate, not a shipped result.
+
 With `task_mix` set the model is a masked-context model (pipelines/masked_context.py): each batch also carries which
 frames are known and a frame rate (training/task_mix.py); the known frames are encoded (with pixel noise) into context
 latents, concatenated with the noisy latents and the mask, and the frame rate goes to the ofs embedding. The loss is
@@ -168,9 +175,11 @@ def train(cfg: DiTTrainConfig) -> Path:
     averager = Averager()
     if cfg.task_mix:
         dataset = TaskMixClips(cfg.seed, cfg.num_frames, cfg.height, cfg.width, cfg.task_mix, cfg.extend_frames,
-                               cfg.interp_fps, cfg.base_fps, cfg.context_dropout, with_masks=cfg.object_weight > 0)
+                               cfg.interp_fps, cfg.base_fps, cfg.context_dropout, with_masks=cfg.object_weight > 0,
+                               with_swaps=cfg.shape_contrast > 0)
     else:
-        dataset = WorldClips(cfg.seed, cfg.num_frames, cfg.height, cfg.width, with_masks=cfg.object_weight > 0)
+        dataset = WorldClips(cfg.seed, cfg.num_frames, cfg.height, cfg.width, with_masks=cfg.object_weight > 0,
+                             with_swaps=cfg.shape_contrast > 0)
     # A checkpoint always falls on a batch boundary (validate: echo divides ckpt_every), so data_position counts
     # batches * batch_size and a resume starts a fresh batch.
     loader = make_loader(dataset, first_sample, -(-(cfg.steps - start) // cfg.echo), cfg.batch_size,
@@ -189,8 +198,10 @@ def train(cfg: DiTTrainConfig) -> Path:
                 weights = latent_object_weights(batch["objects"].to(device), vae.config, cfg.object_weight)
         clock.lap("time/vae_ms")
         x0, context = latents, caption_states(cfg, step, captions, text_encoder)
+        negatives = shape_negatives(cfg, step, batch, text_encoder) if cfg.shape_contrast > 0 else None
         clock.lap("time/text_ms")
-        metrics = train_step(cfg, step, x0, context, forward, model, opt, ab, device, amp, condition, weights)
+        metrics = train_step(cfg, step, x0, context, forward, model, opt, ab, device, amp, condition, weights,
+                             negatives)
         clock.lap("time/step_ms")
         ema.update(model)
         clock.lap("time/ema_ms")
@@ -323,24 +334,54 @@ def caption_states(cfg: DiTTrainConfig, step: int, captions: list[str], text_enc
 def train_step(cfg: DiTTrainConfig, step: int, x0: torch.Tensor, context: torch.Tensor, forward, model,
                opt: torch.optim.Optimizer, ab: torch.Tensor, device: torch.device,
                amp: torch.dtype | None, condition: dict[str, torch.Tensor] | None = None,
-               weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+               weights: torch.Tensor | None = None,
+               negatives: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """One optimiser step. `negatives` (shape-swapped caption states [B, L, D], and a bool [B] of the samples that
+    have one) adds cfg.shape_contrast * mean(relu(shape_margin - (L_swapped - L_true))) over those samples, with
+    per-sample losses on the same noisy input, timestep and target."""
     generator = step_generator(cfg.seed, step, NOISE_STREAM, device)
     t = torch.randint(0, SCHEDULE.num_train_timesteps, (x0.shape[0],), generator=generator, device=device)
     noise = torch.randn(x0.shape, generator=generator, device=device)
     x_t = add_noise(ab, x0, noise, t)
-    with autocast(device, amp):
-        if condition is None:
-            v_pred = forward(x_t, context, t)
-        else:
+
+    def predict(text: torch.Tensor) -> torch.Tensor:
+        with autocast(device, amp):
+            if condition is None:
+                return forward(x_t, text, t).float()
             x_in = model_input(x_t, condition["latents"], condition["mask"])
-            v_pred = forward(x_in, context, t, condition["fps"])
+            return forward(x_in, text, t, condition["fps"]).float()
+
+    v_pred = predict(context)
     target = v_target(ab, x0, noise, t)
-    loss = F.mse_loss(v_pred.float(), target) if weights is None else weighted_mse(v_pred.float(), target, weights)
+    loss = F.mse_loss(v_pred, target) if weights is None else weighted_mse(v_pred, target, weights)
+    metrics = {}
+    if negatives is not None and bool(negatives[1].any()):
+        swapped_context, valid = negatives
+        rows = valid.nonzero().flatten()
+        w = weights[rows] if weights is not None else None
+        true_loss = per_sample_mse(v_pred[rows], target[rows], w)
+        swapped_loss = per_sample_mse(predict(swapped_context)[rows], target[rows], w)
+        gap = swapped_loss - true_loss
+        contrast = F.relu(cfg.shape_margin - gap).mean()
+        loss = loss + cfg.shape_contrast * contrast
+        metrics = {"train/shape_gap": gap.detach().mean(), "train/shape_hinge": contrast.detach()}
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = grad_norm_and_clip([p for p in model.parameters() if p.grad is not None], cfg.grad_clip)
     opt.step()
-    return {"train/loss": loss.detach(), "train/grad_norm": grad_norm}
+    return {"train/loss": loss.detach(), "train/grad_norm": grad_norm, **metrics}
+
+
+@torch.no_grad()
+def shape_negatives(cfg: DiTTrainConfig, step: int, batch: dict, text_encoder: TextEncoder
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text states of the batch's shape-swapped captions, and which samples take part: those with a swap whose
+    true caption was not dropped this step (a dropped caption has nothing to contrast)."""
+    swapped = list(batch["swapped_caption"])
+    drop = torch.rand(len(swapped), generator=step_generator(cfg.seed, step, DROPOUT_STREAM)) < cfg.text_dropout
+    valid = torch.tensor([bool(c) and not d for c, d in zip(swapped, drop.tolist())])
+    states = text_encoder([c if c else "" for c in swapped])
+    return states, valid.to(states.device)
 
 
 def latent_object_weights(objects: torch.Tensor, vae_config, weight: float) -> torch.Tensor:
@@ -355,6 +396,15 @@ def latent_object_weights(objects: torch.Tensor, vae_config, weight: float) -> t
     cells = torch.cat([first, rest], dim=1)
     cells = F.max_pool2d(cells, 3, stride=1, padding=1)
     return (1.0 + weight * cells).unsqueeze(2)
+
+
+def per_sample_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """[B] losses: each sample's (weighted) MSE, as weighted_mse / F.mse_loss compute it over the whole batch."""
+    err = (pred - target).square().flatten(1)
+    if weights is None:
+        return err.mean(dim=1)
+    w = weights.expand_as(pred).flatten(1)
+    return (w * err).sum(dim=1) / w.sum(dim=1)
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
