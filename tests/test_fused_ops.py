@@ -162,7 +162,7 @@ def test_flash_cute_backend_layout_and_missing_install(monkeypatch):
     # Not installed on the CPU machine: the choice fails at once and names the fix; the old choice stays.
     monkeypatch.setattr(flash_cute, "_kernel", None)
     monkeypatch.setitem(__import__("sys").modules, "flash_attn.cute", None)
-    with pytest.raises(VidFusionError, match="pip install flash-attn-4"):
+    with pytest.raises(VidFusionError, match="nvidia-cutlass-dsl==4.1.0 and cuda-python 12.x"):
         set_attention_backend("flash-cute")
     assert get_attention_backend() == "auto"
 

@@ -9,7 +9,8 @@ VidFusion imports it.
 Install (either):
 - the `flash_attn/cute` folder of flash-attn 2.8.3's source (its interface needs `nvidia-cutlass-dsl==4.1.0` and
   `cuda-python` 12.x) on PYTHONPATH next to an empty `flash_attn/__init__.py`; or
-- `pip install flash-attn-4` (newer; needs nvidia-cutlass-dsl >= 4.4).
+- `pip install flash-attn-4` (newer; needs nvidia-cutlass-dsl >= 4.4; its wheel was too large to carry to the GPU
+  machine, so this route is untested here).
 
 The kernel works in [B, S, heads, head_dim]; our blocks hold q/k/v as [B, heads, S, head_dim] views. `attention`
 passes transposed views (the kernel takes any strides with a unit last one) and returns its output as a transposed
@@ -26,8 +27,9 @@ import torch
 
 from vidfusion.errors import VidFusionError
 
-INSTALL_HINT = ("install it with `pip install flash-attn-4`, or put flash-attn 2.8.3's flash_attn/cute folder on "
-                "PYTHONPATH with nvidia-cutlass-dsl==4.1.0 (see vidfusion/models/flash_cute.py)")
+INSTALL_HINT = ("put flash-attn 2.8.3's flash_attn/cute source folder on PYTHONPATH with nvidia-cutlass-dsl==4.1.0 and "
+                "cuda-python 12.x (the tested route), or `pip install flash-attn-4` (newer, untested here); see "
+                "vidfusion/models/flash_cute.py")
 
 _kernel: Callable | None = None
 _stand_in = False
@@ -47,7 +49,8 @@ def load_kernel() -> Callable:
 
 
 def set_kernel(fn: Callable | None) -> None:
-    """Replace the kernel (tests use an SDPA-based stand-in with the same [B, S, heads, head_dim] contract)."""
+    """Replace the kernel (the CPU tests use an independent einsum stand-in with the same [B, S, heads, head_dim]
+    contract); None goes back to importing flash_attn.cute."""
     global _kernel, _stand_in
     _kernel, _stand_in = fn, fn is not None
 
