@@ -276,3 +276,31 @@ def test_cli_freeinit_flags(tmp_path, capsys):
                  "850", "--steps", "1", "--frames", "5", "--height", "32", "--width", "32", "-q", "-o",
                  str(out)]) == 0
     assert "FreeInit 2 passes" in capsys.readouterr().out and out.stat().st_size > 0
+
+
+def test_freeinit_pool_pairs_each_video_with_its_own_plain_row_and_pools_files():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from freeinit_pool import mean_and_se, paired_differences
+
+    def row(index, seed, adherence, colour, size):
+        return {"index": index, "seed": seed, "frame_consistency": 0.9, "flicker": 2.0, "motion": 0.5,
+                "adherence": adherence, "adherence_colour": colour, "adherence_shape": 0.0,
+                "adherence_motion": 1.0, "adherence_count": 1.0, "adherence_size": size}
+
+    # plain rows listed in another order than the config's: pairing must go by (index, seed), not position
+    results = {"configs": {
+        "plain": {"rows": [row(1, 0, 40.0, 1.0, None), row(0, 0, 60.0, 0.0, 1.0)]},
+        "box x3 t820": {"rows": [row(0, 0, 50.0, 1.0, 0.0), row(1, 0, 46.0, 0.5, None)]},
+    }}
+    d = paired_differences(results, "box x3 t820")
+    assert d["adherence"] == [-10.0, 6.0]
+    assert d["adherence_colour"] == [100.0, -50.0]  # fractions become points
+    assert d["adherence_size"] == [-100.0]  # unscored (None) on either side drops out
+    assert d["flicker"] == [0.0, 0.0]
+    mean, se = mean_and_se(d["adherence"] + [-2.0])
+    assert mean == pytest.approx(-2.0) and se == pytest.approx(math.sqrt(64.0 / 3))
+    with pytest.raises(SystemExit, match="not in this sweep"):
+        paired_differences(results, "gaussian x3 t820")
