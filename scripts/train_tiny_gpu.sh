@@ -17,6 +17,7 @@
 #   V4D=path bash scripts/train_tiny_gpu.sh v4dec   # one more decoder-only stage from v4dit's VAE export, alone
 #   DEVCARRY=/tmp/dc bash scripts/train_tiny_gpu.sh shapecon   # the shipped transformer with the shape-contrast
 #                                               # term (a shape-swapped caption as a negative), alone on the GPU
+#                                               # (SHAPE_CONTRAST=0: the control; SC_INIT: start from another export; SC_DIR: its run folder)
 #   bash scripts/train_tiny_gpu.sh taskmix      # masked-context DiT (T2V/I2V/extend/interpolate) widened from the
 #                                               # shipped transformer + a decoder-only VAE stage from the shipped VAE,
 #                                               # side by side; FINAL=1 on the last call sizes steps and exports
@@ -188,14 +189,15 @@ objmore)  # OBJ_INIT=transformer folder: a further object-weighted cycle alone o
   ;;
 shapecon)  # the shipped transformer + the shape-contrast term (train_dit.py shape_contrast), alone on the GPU, one call
   W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
+  SC=${SC_DIR:-$R/sc}  # a second run on one machine needs its own SC_DIR, or it resumes the first one
   args=(vae_path=$W/vae init_from=${SC_INIT:-$W/transformer} task_mix=${TASK_MIX:-0.3,0.2,0.25,0.25} echo=2
         lr=${SC_LR:-1e-4} warmup_steps=100 object_weight=${OBJECT_WEIGHT:-4} shape_contrast=${SHAPE_CONTRAST:-1}
         shape_margin=${SHAPE_MARGIN:-0.01} num_workers=10 export_dtype=bf16 sample_every=100000 ckpt_every=500)
-  vidfusion train dit --config configs/dit_tiny.toml out_dir=$R/sc progress=false steps=${SC_STEPS:-2000} \
+  vidfusion train dit --config configs/dit_tiny.toml out_dir=$SC progress=false steps=${SC_STEPS:-2000} \
     "${args[@]}" max_minutes=$(python3 -c "print(($(left) - 45) / 60)")
-  [ -f $R/sc/export/model_index.json ] || finish $R/sc dit configs/dit_tiny.toml "${args[@]}"
-  cp $R/sc/metrics.jsonl $OUT/sc_metrics.jsonl
-  bring_back sc_transformer $R/sc/export/transformer
+  [ -f $SC/export/model_index.json ] || finish $SC dit configs/dit_tiny.toml "${args[@]}"
+  cp $SC/metrics.jsonl $OUT/sc_metrics.jsonl
+  bring_back sc_transformer $SC/export/transformer
   ;;
 objvae)  # v4 VAE stage A (one call): needs the shipped weights in the tree, no text encoder
   W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
