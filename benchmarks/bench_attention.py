@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -30,23 +32,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vidfusion.io.checkpoint import write_json
 
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_transformer import cuda_times_ms  # noqa: E402
+
 SDPA = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
         "efficient": SDPBackend.EFFICIENT_ATTENTION}
 
-
-def timed(fn, warmup: int, runs: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
 
 
 def kernel_fn(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -115,7 +106,7 @@ def main() -> None:
         try:
             fn = kernel_fn(name, q, k, v)
             out = fn()
-            times = timed(fn, args.warmup, args.runs)
+            times = cuda_times_ms(fn, args.warmup, args.runs)
         except Exception as err:  # a kernel missing or unsupported here is a result, not a crash
             result["kernels"][name] = {"error": f"{type(err).__name__}: {err}"[:500]}
             print(f"{name:>22}: not run ({type(err).__name__}: {str(err)[:200]})", flush=True)

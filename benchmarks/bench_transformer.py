@@ -28,7 +28,8 @@ def flops_per_forward(config, tokens_video: int, batch: int) -> float:
     return batch * config.num_layers * per_layer
 
 
-def time_forward(fn, warmup: int, iters: int) -> float:
+def cuda_times_ms(fn, warmup: int, iters: int) -> list[float]:
+    """Milliseconds of each of `iters` calls after `warmup`, from CUDA events (no host-side sync noise inside)."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -39,8 +40,12 @@ def time_forward(fn, warmup: int, iters: int) -> float:
         fn()
         end.record()
         torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
-    return statistics.median(times)
+        times.append(start.elapsed_time(end))
+    return times
+
+
+def time_forward(fn, warmup: int, iters: int) -> float:
+    return statistics.median(cuda_times_ms(fn, warmup, iters)) / 1000
 
 
 def main() -> None:
