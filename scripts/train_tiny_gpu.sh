@@ -18,6 +18,8 @@
 #   DEVCARRY=/tmp/dc bash scripts/train_tiny_gpu.sh shapecon   # the shipped transformer with the shape-contrast
 #                                               # term (a shape-swapped caption as a negative), alone on the GPU
 #                                               # (SHAPE_CONTRAST=0: the control; SC_INIT: start from another export; SC_DIR: its run folder)
+#   bash scripts/train_tiny_gpu.sh robdec       # noise-robust decoders from the shipped VAE (two latent_noise
+#                                               # levels side by side, ROB_LEVELS), each scored clean and noisy
 #   bash scripts/train_tiny_gpu.sh taskmix      # masked-context DiT (T2V/I2V/extend/interpolate) widened from the
 #                                               # shipped transformer + a decoder-only VAE stage from the shipped VAE,
 #                                               # side by side; FINAL=1 on the last call sizes steps and exports
@@ -231,6 +233,29 @@ v4dec)  # V4D=<v4dit's VAE export>: decoder only, object-weighted, alone on the 
   cp $R/vae_v4e/metrics.jsonl $OUT/vae_v4e_metrics.jsonl
   vidfusion eval vae --model $R/vae_v4e/export/vae --world-n 50 --device cuda --json $OUT/vae_v4e_eval.json | tail -n 3
   bring_back vae_v4e $R/vae_v4e/export/vae
+  ;;
+robdec)  # noise-robust decoders (train_vae.py latent_noise) from the shipped VAE, encoder frozen, two levels side by
+  # side (ROB_LEVELS); each is then scored on clean latents (world val) and on noisy ones (latent_noise_probe.py)
+  W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
+  for level in ${ROB_LEVELS:-0.2 0.4}; do
+    args=(preset=tiny $VAE_ARCH init_from=$W/vae train_encoder=false object_weight=${VAE_OBJECT_WEIGHT:-8}
+          latent_noise=$level batch_size=16 lr=${ROB_LR:-1e-4} warmup_steps=50 disc_start=10000000 num_workers=7
+          sample_every=100000 ckpt_every=250 export_dtype=bf16)
+    ( vidfusion train vae --config configs/vae_tiny.toml out_dir=$R/rob$level progress=false \
+        steps=${ROB_STEPS:-600} "${args[@]}" max_minutes=$(python3 -c "print(($(left) - 120) / 60)")
+      [ -d $R/rob$level/export/vae ] || finish $R/rob$level vae configs/vae_tiny.toml "${args[@]}" ) &
+  done
+  wait
+  L=$R/roblogs; mkdir -p $L  # the logs come back as one tar ($OUT takes 8 files)
+  for level in ${ROB_LEVELS:-0.2 0.4}; do
+    cp $R/rob$level/metrics.jsonl $L/rob${level}_metrics.jsonl
+    vidfusion eval vae --model $R/rob$level/export/vae --world-n 50 --device cuda --json $L/rob${level}_eval.json \
+      | tail -n 2
+    python3 benchmarks/latent_noise_probe.py --vae $R/rob$level/export/vae --device cuda --json $L/rob${level}_probe.json
+    bring_back rob$level $R/rob$level/export/vae
+  done
+  python3 benchmarks/latent_noise_probe.py --device cuda --json $L/ship_probe.json
+  tar -C $R -cf $OUT/roblogs.tar roblogs
   ;;
 eval)  # eval MODEL_FOLDER: prompt adherence on 200 held-out prompts and world VAE PSNR, on the GPU
   vidfusion eval adherence --model $2 -n ${N:-200} --device cuda -q --json $OUT/adherence.json | tail -n 9

@@ -409,6 +409,31 @@ def test_vae_trainer_object_weight_reaches_the_loss(tmp_path):
         load_config(VAETrainConfig, None, dict(SMALL_VAE, object_weight=-1))
 
 
+def test_noisy_latents_scale_with_the_latent_std_and_reach_the_decoder(tmp_path):
+    from vidfusion.training.train_vae import noisy_latents, train
+
+    z = 3.0 * torch.randn(64, 4, 2, 8, 8, generator=torch.Generator().manual_seed(1)) + 5.0
+    assert noisy_latents(z, 0.0, torch.Generator().manual_seed(0)) is z
+    noisy = noisy_latents(z, 0.5, torch.Generator().manual_seed(0))
+    again = noisy_latents(z, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(noisy, again)  # deterministic under the step's generator
+    per_sample = (noisy - z).flatten(1).std(dim=1) / z.std()  # u * 0.5 with u ~ U(0, 1): mean 0.25, max <= 0.5
+    assert per_sample.max() <= 0.5 * 1.05 and per_sample.min() < 0.1
+    assert per_sample.mean() == pytest.approx(0.25, abs=0.06)
+    assert (noisy - z).mean().abs() < 0.05 * z.std()
+
+    # Same seed, same data: the first step's decode (and so its PSNR) differs only through the latent noise.
+    logs = {}
+    for level in (0.0, 2.0):
+        out = tmp_path / f"n{level}"
+        train(load_config(VAETrainConfig, None, dict(SMALL_VAE, steps=1, ckpt_every=1, sample_every=100,
+                                                     out_dir=str(out), latent_noise=level, disc_start=100)))
+        logs[level] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert logs[0.0]["train/l1"] != logs[2.0]["train/l1"]
+    with pytest.raises(VidFusionError, match="latent_noise"):
+        load_config(VAETrainConfig, None, dict(SMALL_VAE, latent_noise=-0.1))
+
+
 def test_shape_swapped_captions_change_only_one_shape():
     from vidfusion.data.captions import parse_prompt
     from vidfusion.data.world import HELDOUT_PAIRS, scene_and_caption, shape_swapped_caption

@@ -111,6 +111,9 @@ class VAETrainConfig(TrainConfig):
     grad_weight: float = 1.0  # L1 on spatial and temporal finite differences
     # Reconstruction weight 1 + object_weight on pixels within 2 px of the world's objects (train_vae.py); 0 = plain.
     object_weight: float = 0.0
+    # Decoder robustness: the decoder's input gets Gaussian noise of per-sample std u * latent_noise latent stds,
+    # u ~ U(0, 1), against the clean target (train_vae.py says why). 0 = off. Meant for decoder-only stages.
+    latent_noise: float = 0.0
     disc_start: int = 5000  # GAN (generator term and discriminator training) from this step on
     disc_weight: float = 0.5  # scales the adaptive weight
     disc_lr: float = 2e-4
@@ -145,6 +148,8 @@ class VAETrainConfig(TrainConfig):
         if self.object_weight < 0:
             raise VidFusionError(f"object_weight={self.object_weight} must be >= 0; 0 is plain L1, e.g. 8 weights "
                                  f"object pixels 9x")
+        if self.latent_noise < 0:
+            raise VidFusionError(f"latent_noise={self.latent_noise} must be >= 0; 0 is off, e.g. 0.3 (latent stds)")
         if not self.train_encoder and not self.init_from:
             raise VidFusionError("train_encoder=false freezes a trained encoder; pass init_from=<exported VAE folder>")
 
