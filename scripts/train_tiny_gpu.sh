@@ -239,10 +239,10 @@ robdec)  # noise-robust decoders (train_vae.py latent_noise) from the shipped VA
   W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
   for level in ${ROB_LEVELS:-0.2 0.4}; do
     args=(preset=tiny $VAE_ARCH init_from=$W/vae train_encoder=false object_weight=${VAE_OBJECT_WEIGHT:-8}
-          latent_noise=$level batch_size=16 lr=${ROB_LR:-1e-4} warmup_steps=50 disc_start=10000000 num_workers=7
+          latent_noise=$level batch_size=${ROB_BATCH:-8} lr=${ROB_LR:-1e-4} warmup_steps=50 disc_start=10000000 num_workers=7
           sample_every=100000 ckpt_every=250 export_dtype=bf16)
     ( vidfusion train vae --config configs/vae_tiny.toml out_dir=$R/rob$level progress=false \
-        steps=${ROB_STEPS:-600} "${args[@]}" max_minutes=$(python3 -c "print(($(left) - 120) / 60)")
+        steps=${ROB_STEPS:-900} "${args[@]}" max_minutes=$(python3 -c "print(($(left) - 120) / 60)")
       [ -d $R/rob$level/export/vae ] || finish $R/rob$level vae configs/vae_tiny.toml "${args[@]}" ) &
   done
   wait

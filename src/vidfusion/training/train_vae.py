@@ -125,7 +125,7 @@ def noisy_latents(z: torch.Tensor, level: float, generator: torch.Generator) -> 
         return z
     u = torch.rand(z.shape[0], generator=generator).view(-1, *[1] * (z.dim() - 1))
     n = torch.randn(z.shape, generator=generator)
-    return z + (u * level * z.detach().float().std() * n).to(z.device, z.dtype)
+    return z + (u * n).to(z.device, z.dtype) * (level * z.detach().float().std()).to(z.dtype)
 
 
 def load_start_weights(vae: CogVideoXVAE, folder: str) -> VAEConfig:
