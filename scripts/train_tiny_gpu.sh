@@ -194,7 +194,8 @@ shapecon)  # the shipped transformer + the shape-contrast term (train_dit.py sha
   SC=${SC_DIR:-$R/sc}  # a second run on one machine needs its own SC_DIR, or it resumes the first one
   args=(vae_path=$W/vae init_from=${SC_INIT:-$W/transformer} task_mix=${TASK_MIX:-0.3,0.2,0.25,0.25} echo=2
         lr=${SC_LR:-1e-4} warmup_steps=100 object_weight=${OBJECT_WEIGHT:-4} shape_contrast=${SHAPE_CONTRAST:-1}
-        shape_margin=${SHAPE_MARGIN:-0.01} num_workers=10 export_dtype=bf16 sample_every=100000 ckpt_every=500)
+        shape_margin=${SHAPE_MARGIN:-0.01} timestep_power=${TIMESTEP_POWER:-1} num_workers=10 export_dtype=bf16
+        sample_every=100000 ckpt_every=500)
   vidfusion train dit --config configs/dit_tiny.toml out_dir=$SC progress=false steps=${SC_STEPS:-2000} \
     "${args[@]}" max_minutes=$(python3 -c "print(($(left) - 45) / 60)")
   [ -f $SC/export/model_index.json ] || finish $SC dit configs/dit_tiny.toml "${args[@]}"

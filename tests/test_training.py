@@ -455,6 +455,20 @@ def test_shape_swapped_captions_change_only_one_shape():
     assert swapped >= 115
 
 
+def test_training_timesteps_power():
+    from vidfusion.training.train_dit import training_timesteps
+
+    uniform = training_timesteps(20000, 1.0, torch.Generator().manual_seed(0), "cpu")
+    assert torch.equal(uniform, torch.randint(0, 1000, (20000,), generator=torch.Generator().manual_seed(0)))
+    low = training_timesteps(20000, 2.0, torch.Generator().manual_seed(0), "cpu")
+    assert low.min() >= 0 and low.max() <= 999 and low.dtype == torch.long
+    # P(t < 300) = sqrt(0.3) = 0.548 for power 2 (0.3 uniform); mean T / (p + 1) = 333.
+    assert (low < 300).float().mean() == pytest.approx(0.548, abs=0.01)
+    assert low.float().mean() == pytest.approx(333, abs=6)
+    with pytest.raises(VidFusionError, match="timestep_power"):
+        load_config(DiTTrainConfig, None, {"vae_path": "x", "timestep_power": 0})
+
+
 def test_dit_shape_contrast_term(tmp_path):
     """The hinge equals the margin when the swapped caption is the true one (the two losses are equal), its gradient
     then cancels, and a trainer run logs the gap; per-sample losses agree with the batch losses."""
