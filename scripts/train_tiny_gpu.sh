@@ -236,10 +236,11 @@ v4dec)  # V4D=<v4dit's VAE export>: decoder only, object-weighted, alone on the 
   bring_back vae_v4e $R/vae_v4e/export/vae
   ;;
 robdec)  # noise-robust decoders (train_vae.py latent_noise) from the shipped VAE, encoder frozen, two levels side by
-  # side (ROB_LEVELS); each is then scored on clean latents (world val) and on noisy ones (latent_noise_probe.py)
+  # side (ROB_LEVELS); each is then scored on clean latents (world val) and on noisy ones (latent_noise_probe.py).
+  # ROB_ENCODER=true trains the encoder too (a new latent space: the transformer must then be adapted to it)
   W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
   for level in ${ROB_LEVELS:-0.2 0.4}; do
-    args=(preset=tiny $VAE_ARCH init_from=$W/vae train_encoder=false object_weight=${VAE_OBJECT_WEIGHT:-8}
+    args=(preset=tiny $VAE_ARCH init_from=$W/vae train_encoder=${ROB_ENCODER:-false} object_weight=${VAE_OBJECT_WEIGHT:-8}
           latent_noise=$level batch_size=${ROB_BATCH:-8} lr=${ROB_LR:-1e-4} warmup_steps=50 disc_start=10000000 num_workers=7
           sample_every=100000 ckpt_every=250 export_dtype=bf16)
     ( vidfusion train vae --config configs/vae_tiny.toml out_dir=$R/rob$level progress=false \
