@@ -240,9 +240,9 @@ robdec)  # noise-robust decoders (train_vae.py latent_noise) from the shipped VA
   # ROB_ENCODER=true trains the encoder too (a new latent space: the transformer must then be adapted to it)
   W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
   for level in ${ROB_LEVELS:-0.2 0.4}; do
-    args=(preset=tiny $VAE_ARCH init_from=$W/vae train_encoder=${ROB_ENCODER:-false} object_weight=${VAE_OBJECT_WEIGHT:-8}
-          latent_noise=$level batch_size=${ROB_BATCH:-8} lr=${ROB_LR:-1e-4} warmup_steps=50 disc_start=10000000 num_workers=7
-          sample_every=100000 ckpt_every=250 export_dtype=bf16)
+    args=(preset=tiny $VAE_ARCH init_from=$W/vae train_encoder=${ROB_ENCODER:-false}
+          object_weight=${VAE_OBJECT_WEIGHT:-8} latent_noise=$level batch_size=${ROB_BATCH:-8} lr=${ROB_LR:-1e-4}
+          warmup_steps=50 disc_start=10000000 num_workers=7 sample_every=100000 ckpt_every=250 export_dtype=bf16)
     ( vidfusion train vae --config configs/vae_tiny.toml out_dir=$R/rob$level progress=false \
         steps=${ROB_STEPS:-900} "${args[@]}" max_minutes=$(python3 -c "print(($(left) - 120) / 60)")
       [ -d $R/rob$level/export/vae ] || finish $R/rob$level vae configs/vae_tiny.toml "${args[@]}" ) &
@@ -253,7 +253,8 @@ robdec)  # noise-robust decoders (train_vae.py latent_noise) from the shipped VA
     cp $R/rob$level/metrics.jsonl $L/rob${level}_metrics.jsonl
     vidfusion eval vae --model $R/rob$level/export/vae --world-n 50 --device cuda --json $L/rob${level}_eval.json \
       | tail -n 2
-    python3 benchmarks/latent_noise_probe.py --vae $R/rob$level/export/vae --device cuda --json $L/rob${level}_probe.json
+    python3 benchmarks/latent_noise_probe.py --vae $R/rob$level/export/vae --device cuda \
+      --json $L/rob${level}_probe.json
     bring_back rob$level $R/rob$level/export/vae
   done
   python3 benchmarks/latent_noise_probe.py --device cuda --json $L/ship_probe.json

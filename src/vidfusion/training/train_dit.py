@@ -22,9 +22,10 @@ part. Measured in session 9 (model card, "After v4"): 2,000 steps from v4 gave +
 control run without the term; not shipped, because long videos and FreeInit got worse.
 
 `timestep_power` p > 1 draws t = floor(T u^p) instead of uniformly, so low-noise steps are trained more often. Why:
-the SDEdit probe (v4: ground-truth latents noised to t, sampled back with the true caption) keeps shape on
-49% of held-out clips from t = 300 against 72% for the VAE alone; an outline is decided below t of about 300, where
-its latent difference (18% of a colour swap's, squared) meets noise of similar size (`benchmarks/sdedit_probe.py`).
+the SDEdit probe (`benchmarks/sdedit_probe.py`: v4, ground-truth latents noised to t, sampled back with the true
+caption) keeps shape on 40% of held-out clips from t = 300 (50% unguided) against 76% for the VAE alone. An outline
+is decided below t of about 300, where its latent difference (18% of a colour swap's, squared) meets noise of similar
+size.
 Measured in session 10: power 2 for 2,000 steps from v4 scored shape 15.5% against 14.4% for the uniform control of
 session 9 (+1.1 +- 2.0 points paired), so it is off by default.
 
