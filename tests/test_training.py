@@ -393,16 +393,19 @@ def test_vae_object_weights_ring_and_weighted_l1_terms():
     assert torch.allclose(finite_difference_l1(err, zero, weights), torch.tensor((1 * 1 + 9 * 1 + 9 * 0) / 19 / 2))
 
 
-def test_vae_trainer_object_weight_reaches_the_loss(tmp_path):
-    """Same seed, same data: object_weight changes the logged L1 but not the (unweighted) PSNR of that first step."""
+def first_vae_step_metrics(out: Path, **overrides) -> dict:
+    """The logged metrics of one VAE training step on SMALL_VAE with `overrides` (same seed, so same data)."""
     from vidfusion.training.train_vae import train
 
-    logs = {}
-    for weight in (0.0, 8.0):
-        out = tmp_path / f"w{weight}"
-        train(load_config(VAETrainConfig, None, dict(SMALL_VAE, steps=1, ckpt_every=1, sample_every=100,
-                                                     out_dir=str(out), object_weight=weight, disc_start=100)))
-        logs[weight] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    train(load_config(VAETrainConfig, None, dict(SMALL_VAE, steps=1, ckpt_every=1, sample_every=100,
+                                                 out_dir=str(out), disc_start=100, **overrides)))
+    return json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+
+
+def test_vae_trainer_object_weight_reaches_the_loss(tmp_path):
+    """Same seed, same data: object_weight changes the logged L1 but not the (unweighted) PSNR of that first step."""
+
+    logs = {w: first_vae_step_metrics(tmp_path / f"w{w}", object_weight=w) for w in (0.0, 8.0)}
     assert abs(logs[0.0]["train/l1"] - logs[8.0]["train/l1"]) > 1e-3 * logs[0.0]["train/l1"]
     assert logs[0.0]["train/psnr_video"] == pytest.approx(logs[8.0]["train/psnr_video"], abs=1e-5)
     with pytest.raises(VidFusionError, match="object_weight"):
@@ -410,7 +413,7 @@ def test_vae_trainer_object_weight_reaches_the_loss(tmp_path):
 
 
 def test_noisy_latents_scale_with_the_latent_std_and_reach_the_decoder(tmp_path):
-    from vidfusion.training.train_vae import noisy_latents, train
+    from vidfusion.training.train_vae import noisy_latents
 
     z = 3.0 * torch.randn(64, 4, 2, 8, 8, generator=torch.Generator().manual_seed(1)) + 5.0
     assert noisy_latents(z, 0.0, torch.Generator().manual_seed(0)) is z
@@ -423,12 +426,7 @@ def test_noisy_latents_scale_with_the_latent_std_and_reach_the_decoder(tmp_path)
     assert (noisy - z).mean().abs() < 0.05 * z.std()
 
     # Same seed, same data: the first step's decode (and so its PSNR) differs only through the latent noise.
-    logs = {}
-    for level in (0.0, 2.0):
-        out = tmp_path / f"n{level}"
-        train(load_config(VAETrainConfig, None, dict(SMALL_VAE, steps=1, ckpt_every=1, sample_every=100,
-                                                     out_dir=str(out), latent_noise=level, disc_start=100)))
-        logs[level] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    logs = {level: first_vae_step_metrics(tmp_path / f"n{level}", latent_noise=level) for level in (0.0, 2.0)}
     assert logs[0.0]["train/l1"] != logs[2.0]["train/l1"]
     with pytest.raises(VidFusionError, match="latent_noise"):
         load_config(VAETrainConfig, None, dict(SMALL_VAE, latent_noise=-0.1))
