@@ -112,7 +112,8 @@ class VAETrainConfig(TrainConfig):
     # Reconstruction weight 1 + object_weight on pixels within 2 px of the world's objects (train_vae.py); 0 = plain.
     object_weight: float = 0.0
     # Decoder robustness: the decoder's input gets Gaussian noise of per-sample std u * latent_noise latent stds,
-    # u ~ U(0, 1), against the clean target (train_vae.py says why). 0 = off. Meant for decoder-only stages.
+    # u ~ U(0, 1), against the clean target (train_vae.py says why). 0 = off. With train_encoder=true the encoder
+    # learns noise-robust latents too (a new latent space, so the transformer has to be adapted to it).
     latent_noise: float = 0.0
     disc_start: int = 5000  # GAN (generator term and discriminator training) from this step on
     disc_weight: float = 0.5  # scales the adaptive weight

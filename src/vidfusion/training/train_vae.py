@@ -12,10 +12,10 @@ outlines are also what the adherence checker misreads as the wrong shape. The 2 
 
 `latent_noise` s > 0 decodes z + u * s * std(z) * n (u ~ U(0, 1) per sample, n Gaussian) against the clean clip. The
 encoder's posterior std is about 1e-4 latent stds (the KL weight is tiny), so without it the decoder never sees an
-imprecise latent. A diffusion model's are: on v4's VAE, generated latents sit 0.084 latent stds (rms) from their
-re-encoding against 0.012 for real clips' latents, and ground-truth latents with 0.2 stds of noise decode to 22.6 dB,
-with the checker reading shape on 34% of held-out clips instead of 72% (`benchmarks/latent_noise_probe.py`). With the
-encoder frozen the latent space does not move, so a robust decoder drops in under a trained transformer.
+imprecise latent. A diffusion model's are: on v4's VAE, generated latents sit about 0.08 latent stds (rms) from
+their re-encoding against about 0.01 for real clips' latents, and ground-truth latents with 0.2 stds of noise decode
+to 22.5 dB, with the checker reading shape on 40% of held-out clips instead of 72% (`benchmarks/latent_noise_probe.py`).
+With the encoder frozen the latent space does not move, so a robust decoder drops in under a trained transformer.
 Measured in session 10 (one H100, 874 steps at batch 8 from v4's VAE, encoder frozen; model card, "session 10"): at
 latent_noise 0.2, noise of 0.3 stds costs 7 dB instead of 14 and keeps shape on 60% of the clips instead of 11%, but
 clean world-val PSNR falls from 34.17 to 32.59 dB and the shipped transformer's prompt adherence does not move (shape
