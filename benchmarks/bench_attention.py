@@ -39,7 +39,6 @@ SDPA = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION
         "efficient": SDPBackend.EFFICIENT_ATTENTION}
 
 
-
 def kernel_fn(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     """A call with [B, H, S, D] in and out for `name` (an SDPA backend, flash-cute, or flash-cute:MxN tiles)."""
     if name in SDPA:

@@ -19,18 +19,14 @@ import torch
 from vidfusion.cli import SHIPPED_MODEL
 from vidfusion.data.world import eval_split, prompt_attributes
 from vidfusion.evaluation.adherence import score_video, summarise
-from vidfusion.evaluation.reconstruction import psnr
+from vidfusion.evaluation.reconstruction import clip_latents, psnr
 from vidfusion.io.pretrained import load_vae
 from vidfusion.io.video import to_uint8_frames
 
 
-def clip_tensor(video: np.ndarray, device) -> torch.Tensor:
-    return torch.from_numpy(video).to(device).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-
-
 def noise_rows(vae, clips, sigmas: list[float], device) -> list[dict]:
     scale = vae.config.scaling_factor
-    latents = [vae.encode(clip_tensor(c.video, device)).mode() for c in clips]
+    latents = [clip_latents(vae, c.video) for c in clips]
     rows = []
     for sigma in sigmas:
         generator = torch.Generator().manual_seed(0)
@@ -46,29 +42,35 @@ def noise_rows(vae, clips, sigmas: list[float], device) -> list[dict]:
     return rows
 
 
-def off_manifold(model: str, vae_folder: str, n: int, device) -> dict:
-    """rms of (z - E(D(z))) in latent stds for n generated latents and n ground-truth clips' latents."""
+def off_manifold(model: str, vae, n: int, device) -> dict:
+    """rms of (z - E(D(z))) in latent stds for n generated latents and n ground-truth clips' latents. The model's
+    transformer and text encoder generate; `vae` (the one probed) encodes and decodes."""
     from vidfusion.evaluation.prompt_eval import scene_and_caption
     from vidfusion.io.pretrained import load_pretrained
     from vidfusion.pipelines.text_to_video import T2VRequest, text_to_video
 
     components = load_pretrained(model, device=device)
-    components.vae = load_vae(vae_folder, device=device)
-    vae, scale = components.vae, components.vae.config.scaling_factor
-    captured = []
-    decode = vae.decode
-    vae.decode = lambda z, *a, **k: (captured.append(z.clone()), decode(z, *a, **k))[1]
+    components.vae, scale, decode = vae, vae.config.scaling_factor, vae.decode
 
     def distance(z: torch.Tensor) -> float:
         again = vae.encode(decode(z).clamp(-1, 1)).mode()
         return float(((z - again) * scale).pow(2).mean().sqrt())
 
+    # The pipeline returns pixels only; its latents are caught on their way into the decoder.
     generated = []
-    for index in range(n):
-        _, prompt, _ = scene_and_caption(index, "heldout")
-        text_to_video(components, T2VRequest(prompt, seed=0), progress=False)
-        generated.append(distance(captured[-1]))
-    truth = [distance(vae.encode(clip_tensor(c.video, device)).mode()) for c in eval_split("heldout", n)]
+
+    def decode_and_measure(z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        generated.append(distance(z))
+        return decode(z, *args, **kwargs)
+
+    vae.decode = decode_and_measure
+    try:
+        for index in range(n):
+            _, prompt, _ = scene_and_caption(index, "heldout")
+            text_to_video(components, T2VRequest(prompt, seed=0), progress=False)
+    finally:
+        vae.decode = decode
+    truth = [distance(clip_latents(vae, c.video)) for c in eval_split("heldout", n)]
     return {"generated_rms": float(np.sqrt(np.mean(np.square(generated)))),
             "truth_rms": float(np.sqrt(np.mean(np.square(truth))))}
 
@@ -94,7 +96,7 @@ def main() -> None:
         print(f"{r['sigma']:>6.2f} {r['psnr']:>7.2f} "
               + " ".join(f"{r[k]:>7.3f}" for k in ("colour", "shape", "motion", "count", "all")))
     if args.generated:
-        result["off_manifold"] = off_manifold(args.model, vae_folder, args.generated, args.device)
+        result["off_manifold"] = off_manifold(args.model, vae, args.generated, args.device)
         print("off-manifold rms (latent stds):", result["off_manifold"])
     print(f"{time.perf_counter() - start:.0f} s")
     if args.json:

@@ -19,6 +19,7 @@ from vidfusion.data.world import eval_split, prompt_attributes
 from vidfusion.diffusion.guidance import cfg
 from vidfusion.diffusion.samplers import make_sampler
 from vidfusion.evaluation.adherence import format_summary, score_video, summarise
+from vidfusion.evaluation.reconstruction import clip_latents
 from vidfusion.io.pretrained import load_pretrained
 from vidfusion.io.video import to_uint8_frames
 from vidfusion.pipelines.masked_context import check_context_model, empty_context_model_fn
@@ -32,8 +33,7 @@ def probe(components, clips, level: int, guidance: float, num_steps: int, device
     steps = [int(t) for t in sampler.timesteps if int(t) <= level]
     scores = []
     for clip in clips:
-        x = torch.from_numpy(clip.video).to(device).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-        z0 = (vae.encode(x).mode() * scale).permute(0, 2, 1, 3, 4)  # [1, F, C, h, w]
+        z0 = (clip_latents(vae, clip.video) * scale).permute(0, 2, 1, 3, 4)  # [1, F, C, h, w]
         if steps:
             noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(clip.index)).to(device)
             ab = sampler.alphas_cumprod[steps[0]].to(device)

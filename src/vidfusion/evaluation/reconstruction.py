@@ -166,13 +166,18 @@ def find_videos(folder: str | os.PathLike) -> list[Path]:
 
 
 @torch.inference_mode()
-def reconstruct(vae, clip: np.ndarray) -> np.ndarray:
-    """Encode a uint8 `[T, H, W, 3]` clip with the posterior mode, decode, and return uint8 `[T, H, W, 3]`."""
+def clip_latents(vae, clip: np.ndarray) -> torch.Tensor:
+    """The posterior mode `[1, C, F, h, w]` (unscaled) of a uint8 `[T, H, W, 3]` clip, on the VAE's device and dtype."""
     param = next(iter(vae.parameters()), None) if hasattr(vae, "parameters") else None
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32
     x = torch.from_numpy(clip).to(device).permute(3, 0, 1, 2)[None].to(dtype) / 127.5 - 1  # [1, 3, T, H, W]
-    recon = vae.decode(vae.encode(x).mode())
+    return vae.encode(x).mode()
+
+
+def reconstruct(vae, clip: np.ndarray) -> np.ndarray:
+    """Encode a uint8 `[T, H, W, 3]` clip with the posterior mode, decode, and return uint8 `[T, H, W, 3]`."""
+    recon = vae.decode(clip_latents(vae, clip))
     return to_uint8_frames(recon[0].float().transpose(0, 1))  # clamps to [-1, 1] and rounds
 
 
