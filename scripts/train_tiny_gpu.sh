@@ -18,6 +18,8 @@
 #   DEVCARRY=/tmp/dc bash scripts/train_tiny_gpu.sh shapecon   # the shipped transformer with the shape-contrast
 #                                               # term (a shape-swapped caption as a negative), alone on the GPU
 #                                               # (SHAPE_CONTRAST=0: the control; SC_INIT: start from another export; SC_DIR: its run folder)
+#   DEVCARRY=/tmp/dc PIX_PARTIAL=1 bash scripts/train_tiny_gpu.sh pixloss   # the shipped transformer with the
+#                                               # pixel loss, PIX_LEVELS side by side; without PIX_PARTIAL it exports
 #   bash scripts/train_tiny_gpu.sh robdec       # noise-robust decoders from the shipped VAE (two latent_noise
 #                                               # levels side by side, ROB_LEVELS), each scored clean and noisy
 #   bash scripts/train_tiny_gpu.sh taskmix      # masked-context DiT (T2V/I2V/extend/interpolate) widened from the
@@ -201,6 +203,36 @@ shapecon)  # the shipped transformer + the shape-contrast term (train_dit.py sha
   [ -f $SC/export/model_index.json ] || finish $SC dit configs/dit_tiny.toml "${args[@]}"
   cp $SC/metrics.jsonl $OUT/sc_metrics.jsonl
   bring_back sc_transformer $SC/export/transformer
+  ;;
+pixloss)  # the shipped transformer with the pixel loss (train_dit.py pixel_loss), one run per level in PIX_LEVELS side
+  # by side; otherwise as shapecon's control. PIX_PARTIAL=1 trains until the call's time is up and keeps the
+  # checkpoints (the next call, on the same machine, resumes); the last call exports every run and brings back the
+  # logs and the transformer of PIX_BRING (the eval of the others brings theirs back)
+  W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
+  levels=(${PIX_LEVELS:-0.2 1})
+  for level in "${levels[@]}"; do
+    args=(vae_path=$W/vae init_from=$W/transformer task_mix=${TASK_MIX:-0.3,0.2,0.25,0.25} echo=2
+          lr=${SC_LR:-1e-4} warmup_steps=100 object_weight=${OBJECT_WEIGHT:-4} pixel_loss=$level
+          pixel_loss_clips=${PIX_CLIPS:-4} pixel_loss_max_t=${PIX_MAX_T:-400} num_workers=7 export_dtype=bf16
+          sample_every=100000 ckpt_every=250)
+    ( vidfusion train dit --config configs/dit_tiny.toml out_dir=$R/pix$level progress=false \
+        steps=${PIX_STEPS:-2000} "${args[@]}" max_minutes=$(python3 -c "print(($(left) - 70) / 60)") \
+        > $R/pix$level.log
+      [ -n "${PIX_PARTIAL:-}" ] || [ -f $R/pix$level/export/model_index.json ] \
+        || finish $R/pix$level dit configs/dit_tiny.toml "${args[@]}" >> $R/pix$level.log ) &
+  done
+  wait
+  L=$R/pixlogs; mkdir -p $L  # $OUT takes 8 files: the logs come back as one tar
+  for level in "${levels[@]}"; do
+    tail -n 2 $R/pix$level.log
+    cp $R/pix$level.log $L/
+    cp $R/pix$level/metrics.jsonl $L/pix${level}_metrics.jsonl || true
+  done
+  tar -C $R -cf $OUT/pixlogs.tar pixlogs
+  if [ -z "${PIX_PARTIAL:-}" ]; then
+    b=${PIX_BRING:-${levels[0]}}
+    bring_back pix${b}_transformer $R/pix$b/export/transformer
+  fi
   ;;
 objvae)  # v4 VAE stage A (one call): needs the shipped weights in the tree, no text encoder
   W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}

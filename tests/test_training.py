@@ -366,8 +366,7 @@ def test_dit_trainer_object_weight_reaches_the_loss(tmp_path):
 def test_vae_object_weights_ring_and_weighted_l1_terms():
     """Masks -> pixel weights grown by a 2 px ring; the weighted L1 terms normalise by the weights and reduce to the
     plain ones under equal weights; a difference counts at the larger weight of its two pixels."""
-    from vidfusion.training.losses import finite_difference_l1, weighted_l1
-    from vidfusion.training.train_vae import pixel_object_weights
+    from vidfusion.training.losses import finite_difference_l1, pixel_object_weights, weighted_l1
 
     objects = torch.zeros(1, 3, 16, 16, dtype=torch.bool)
     objects[0, 1, 8, 8] = True
@@ -508,3 +507,66 @@ def test_dit_shape_contrast_term(tmp_path):
     assert '"train/shape_gap"' in (out / "metrics.jsonl").read_text()
     with pytest.raises(VidFusionError, match="shape_contrast"):
         load_config(DiTTrainConfig, None, dict(SMALL_DIT, vae_path=vae_path, shape_contrast=-1))
+
+
+def test_dit_pixel_loss_decodes_the_predicted_x0(tmp_path):
+    """The term is L1 + finite-difference L1 between the decode of x0 = a x_t - s v_pred and the clip, on the first
+    pixel_loss_clips samples below pixel_loss_max_t; its gradient reaches the transformer through the frozen decoder,
+    which does not change; with no sample below the threshold the step is the plain one."""
+    from vidfusion.diffusion.prediction import add_noise, x0_from_v
+    from vidfusion.training.common import step_generator
+    from vidfusion.training.losses import finite_difference_l1, weighted_l1
+    from vidfusion.training.train_dit import NOISE_STREAM, PixelTarget, train, train_step, training_timesteps
+
+    torch.manual_seed(0)
+    vae = CogVideoXVAE(tiny_random_config(sample_height=32, sample_width=32)).eval().requires_grad_(False)
+    model = CogVideoXTransformer(tiny_config("cogvideox-5b", in_channels=4, out_channels=4, text_embed_dim=8,
+                                             max_text_seq_length=6, sample_height=4, sample_width=4,
+                                             sample_frames=9))
+    x0, context = torch.randn(3, 3, 4, 4, 4), torch.randn(3, 6, 8)
+    video = torch.rand(3, 3, 9, 32, 32) * 2 - 1
+    weights = 1 + 4 * (torch.rand(3, 1, 9, 32, 32) > 0.8).float()
+    pixels = PixelTarget(vae, video, weights)
+    ab = alphas_cumprod(COGVIDEOX_5B_SCHEDULE)
+    vae_before = copy.deepcopy(vae.state_dict())
+
+    def step(max_t, with_pixels=True):
+        cfg = load_config(DiTTrainConfig, None, dict(SMALL_DIT, vae_path="x", pixel_loss=0.5, pixel_loss_clips=2,
+                                                     pixel_loss_max_t=max_t))
+        m = copy.deepcopy(model)
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        out = train_step(cfg, 0, x0, context, m, m, opt, ab, torch.device("cpu"), None,
+                         pixels=pixels if with_pixels else None)
+        return out, m
+
+    plain, m_plain = step(1000, with_pixels=False)
+    full, m_full = step(1000)
+    # The same draw as train_step's: the first two samples (all are below 1000) take part.
+    generator = step_generator(0, 0, NOISE_STREAM, torch.device("cpu"))
+    t = training_timesteps(3, 1.0, generator, "cpu")
+    noise = torch.randn(x0.shape, generator=generator)
+    x_t = add_noise(ab, x0, noise, t)
+    with torch.no_grad():
+        v = model(x_t, context, t)
+        z = x0_from_v(ab, x_t[:2], v[:2], t[:2]) / vae.config.scaling_factor
+        decoded = vae.decode(z.permute(0, 2, 1, 3, 4))
+    by_hand = weighted_l1(decoded, video[:2], weights[:2]) + finite_difference_l1(decoded, video[:2], weights[:2])
+    assert torch.allclose(full["train/pixel_loss"], by_hand, atol=1e-5)
+    assert torch.allclose(full["train/loss"], plain["train/loss"] + 0.5 * by_hand, atol=1e-5)
+    assert any(not torch.allclose(a, b) for a, b in zip(m_plain.parameters(), m_full.parameters()))
+    assert all(torch.equal(vae_before[k], v) for k, v in vae.state_dict().items())
+
+    assert t.min() > 0  # no sample has t below the smallest t: no term, the plain step exactly
+    none, m_none = step(int(t.min()))
+    assert "train/pixel_loss" not in none and torch.equal(none["train/loss"], plain["train/loss"])
+    for a, b in zip(m_plain.parameters(), m_none.parameters()):
+        assert torch.equal(a, b)
+
+    vae_path = str(_vae_export(tmp_path / "vae"))
+    out = tmp_path / "run"
+    train(load_config(DiTTrainConfig, None, dict(SMALL_DIT, vae_path=vae_path, steps=1, ckpt_every=1,
+                                                 sample_every=100, out_dir=str(out), pixel_loss=1.0,
+                                                 pixel_loss_max_t=1000, object_weight=4.0)))
+    assert '"train/pixel_loss"' in (out / "metrics.jsonl").read_text()
+    with pytest.raises(VidFusionError, match="pixel_loss"):
+        load_config(DiTTrainConfig, None, dict(SMALL_DIT, vae_path=vae_path, pixel_loss_max_t=0))

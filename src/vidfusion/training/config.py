@@ -197,6 +197,11 @@ class DiTTrainConfig(TrainConfig):
     # Training timesteps t = floor(T * u ** timestep_power), u ~ U(0, 1): 1 is uniform; above 1 draws low-noise steps
     # more often (2: 55% below t = 300), where an object's outline is decided (train_dit.py).
     timestep_power: float = 1.0
+    # Pixel loss (train_dit.py): weight of the object-weighted L1 between the frozen decoder's decode of the predicted
+    # x0 and the clip, on up to pixel_loss_clips samples a step whose t < pixel_loss_max_t; 0 = off.
+    pixel_loss: float = 0.0
+    pixel_loss_clips: int = 4
+    pixel_loss_max_t: int = 400
     sample_prompts: tuple[str, ...] = field(default_factory=lambda: DEFAULT_PROMPTS)
     sample_steps: int = 20
     sample_guidance: float = 6.0
@@ -227,6 +232,10 @@ class DiTTrainConfig(TrainConfig):
         if self.shape_contrast < 0 or self.shape_margin < 0:
             raise VidFusionError(f"shape_contrast={self.shape_contrast} and shape_margin={self.shape_margin} must be "
                                  f">= 0; e.g. shape_contrast=1 shape_margin=0.01")
+        if self.pixel_loss < 0 or self.pixel_loss_clips < 1 or not 0 < self.pixel_loss_max_t <= 1000:
+            raise VidFusionError(f"pixel_loss={self.pixel_loss} must be >= 0, pixel_loss_clips="
+                                 f"{self.pixel_loss_clips} >= 1 and pixel_loss_max_t={self.pixel_loss_max_t} in "
+                                 f"(0, 1000]; e.g. pixel_loss=1 pixel_loss_clips=4 pixel_loss_max_t=400")
         if self.task_mix:
             from vidfusion.training.task_mix import check_task_settings
 

@@ -1,4 +1,5 @@
 """VAE training losses: reconstruction terms, a 3D patch discriminator, hinge GAN losses and the adaptive GAN weight.
+The reconstruction terms and object weights also make the DiT trainer's pixel loss (train_dit.py).
 
 Reconstruction = L1 + grad_weight * L1 of finite differences along height, width and time, optionally weighted per
 pixel (object weighting, see train_vae). The difference term is
@@ -29,6 +30,14 @@ def weighted_l1(x_hat: torch.Tensor, x: torch.Tensor, weights: torch.Tensor | No
         return (x_hat - x).abs().mean()
     w = weights.expand_as(x)
     return (w * (x_hat - x).abs()).sum() / w.sum()
+
+
+def pixel_object_weights(objects: torch.Tensor, weight: float, ring: int = 2) -> torch.Tensor:
+    """Object masks [B, T, H, W] (bool) -> L1 weights [B, 1, T, H, W]: 1 + weight within `ring` px of an object."""
+    m = objects.float().unsqueeze(1)
+    k = 2 * ring + 1
+    m = F.max_pool3d(m, (1, k, k), stride=1, padding=(0, ring, ring))
+    return 1.0 + weight * m
 
 
 def finite_difference_l1(x_hat: torch.Tensor, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from vidfusion.errors import VidFusionError
@@ -84,6 +83,7 @@ from vidfusion.training.losses import (
     hinge_d_loss,
     hinge_g_loss,
     kl_per_pixel,
+    pixel_object_weights,
     weighted_l1,
 )
 
@@ -115,14 +115,6 @@ def random_crop(x: torch.Tensor, frames: int | None, size: int | None, generator
     t0, y0, x0 = (int(torch.randint(0, n - k + 1, (1,), generator=generator))
                   for n, k in ((t, frames), (h, size_h), (w, size_w)))
     return x[:, :, t0 : t0 + frames, y0 : y0 + size_h, x0 : x0 + size_w]
-
-
-def pixel_object_weights(objects: torch.Tensor, weight: float, ring: int = 2) -> torch.Tensor:
-    """Object masks [B, T, H, W] (bool) -> L1 weights [B, 1, T, H, W]: 1 + weight within `ring` px of an object."""
-    m = objects.float().unsqueeze(1)
-    k = 2 * ring + 1
-    m = F.max_pool3d(m, (1, k, k), stride=1, padding=(0, ring, ring))
-    return 1.0 + weight * m
 
 
 def noisy_latents(z: torch.Tensor, level: float, generator: torch.Generator) -> torch.Tensor:
