@@ -256,10 +256,11 @@ v4dit)  # after objvae on the same machine: carries runs/devcarry (text encoder)
             num_workers=4 sample_every=1000 ckpt_every=500 export_dtype=bf16)
   side_by_side v4 vae_v4d ${V4_STEPS:-6000} ${VAE_V4D_STEPS:-4000}
   ;;
-v4dec)  # V4D=<v4dit's VAE export>: decoder only, object-weighted, alone on the GPU (the shipped v4 decoder)
+v4dec)  # V4D=<v4dit's VAE export>: decoder only, object-weighted, alone on the GPU (the shipped v4 decoder);
+  # DEC_NOISE: train_vae.py latent_noise (0 for v4)
   args=(preset=tiny $VAE_ARCH init_from=$V4D train_encoder=false object_weight=${VAE_OBJECT_WEIGHT:-8} batch_size=16
         lr=5e-5 warmup_steps=50 disc_start=10000000 num_workers=14 sample_every=100000 ckpt_every=250
-        export_dtype=bf16)
+        latent_noise=${DEC_NOISE:-0} export_dtype=bf16)
   vidfusion train vae --config configs/vae_tiny.toml out_dir=$R/vae_v4e progress=false steps=${VAE_V4E_STEPS:-1000} \
     "${args[@]}" max_minutes=$(python3 -c "print(($(left) - 75) / 60)")
   [ -d $R/vae_v4e/export/vae ] || finish $R/vae_v4e vae configs/vae_tiny.toml "${args[@]}"
