@@ -3,7 +3,11 @@ timestep t with the schedule's forward process, sampled back to t = 0 with their
 spacing, text-to-video with an empty context), decoded and scored by the adherence checker. t = 0 is the VAE's round
 trip alone; the gap between a row and that one is what the denoiser loses from that noise level down.
 
+With `--one-step` the sampler is left out: the clip is noised to exactly t and the model's single x0 prediction
+(x0 = a x_t - s v) is decoded. If shape is lost there too, the denoiser loses it, not the sampler's trajectory.
+
     python benchmarks/sdedit_probe.py [-n 16] [--levels 300 500 700] [--guidance 6] [--model FOLDER] [--device cuda]
+        [--one-step]
 
 Needs a masked-context model such as the shipped one (the context stays empty, as in text-to-video).
 """
@@ -26,11 +30,13 @@ from vidfusion.pipelines.masked_context import check_context_model, empty_contex
 from vidfusion.pipelines.text_to_video import encode_prompts
 
 
-def probe(components, clips, level: int, guidance: float, num_steps: int, device) -> dict:
+def probe(components, clips, level: int, guidance: float, num_steps: int, device, one_step: bool = False) -> dict:
     vae, scale = components.vae, components.vae.config.scaling_factor
     model_fn = empty_context_model_fn(components)
     sampler = make_sampler("ddim", components.schedule, num_steps)
     steps = [int(t) for t in sampler.timesteps if int(t) <= level]
+    if one_step and level > 0:
+        steps = [level]
     scores = []
     for clip in clips:
         z0 = (clip_latents(vae, clip.video) * scale).permute(0, 2, 1, 3, 4)  # [1, F, C, h, w]
@@ -44,7 +50,7 @@ def probe(components, clips, level: int, guidance: float, num_steps: int, device
                 v = model_fn(inp, text, torch.full((inp.shape[0],), t, device=device)).float()
                 if guidance > 1.0:
                     v = cfg(*v.chunk(2), guidance)
-                z, _ = sampler.step(v, t, z)
+                z = sampler.step(v, t, z)[1 if one_step else 0]  # (next sample, predicted x0)
         else:
             z = z0
         video = vae.decode((z / scale).permute(0, 2, 1, 3, 4)).clamp(-1, 1)
@@ -60,6 +66,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25, help="the sampler's step count (its spacing)")
     parser.add_argument("--model", default=str(SHIPPED_MODEL))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--one-step", action="store_true", help="decode the model's x0 prediction at t (no sampler)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
@@ -69,13 +76,14 @@ def main() -> None:
     clips = eval_split("heldout", args.n)
     rows = []
     for level in args.levels:
-        row = probe(components, clips, level, args.guidance, args.steps, args.device)
+        row = probe(components, clips, level, args.guidance, args.steps, args.device, args.one_step)
         rows.append(row)
         print(f"t = {level} ({row['steps']} steps)\n{format_summary(row['table'])}", flush=True)
     print(f"{time.perf_counter() - start:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "n": args.n, "guidance": args.guidance, "rows": rows}, f, indent=1)
+            json.dump({"model": args.model, "n": args.n, "guidance": args.guidance, "one_step": args.one_step,
+                       "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
