@@ -85,8 +85,8 @@ def generate_batch(components: Components, prompts: list[str], seeds: list[int],
     # A masked-context model samples text-to-video from an empty context, as text_to_video does for it.
     model_fn = empty_context_model_fn(components) if is_context_model(components) else None
 
-    def sample(x: torch.Tensor, steps: int, label: str) -> torch.Tensor:
-        return denoise(components, x, context, steps, guidance, sampler, False, generator, False, model_fn)
+    def sample(x: torch.Tensor, steps: int, label: str, start: int | None = None) -> torch.Tensor:
+        return denoise(components, x, context, steps, guidance, sampler, False, generator, False, model_fn, start)
 
     latents = freeinit_sample(sample, noise, components.schedule, settings, num_steps, generator)
     video = decode(components, latents, extra)  # [B, 3, T, H, W]
@@ -120,7 +120,8 @@ def config_name(settings: FreeInitSettings, t: int) -> str:
     if settings.passes == 1:
         return "plain"
     c2f = " c2f" if settings.coarse_to_fine else ""
-    return f"{settings.filter} x{settings.passes} t{t}{c2f}"
+    top = "" if settings.start_at_renoise else " from-top"
+    return f"{settings.filter} x{settings.passes} t{t}{c2f}{top}"
 
 
 def sweep_configs(args: argparse.Namespace, components: Components) -> list[tuple[str, FreeInitSettings, int]]:
@@ -128,9 +129,11 @@ def sweep_configs(args: argparse.Namespace, components: Components) -> list[tupl
     renoise = args.renoise or [renoise_timestep(components.schedule, FreeInitSettings())]
     for kind, passes, t in itertools.product(args.filters, args.passes, renoise):
         if passes > 1:
-            settings = FreeInitSettings(passes=passes, filter=kind, d_s=args.ds, d_t=args.dt, renoise_timestep=t,
-                                        coarse_to_fine=args.coarse_to_fine)
-            configs.append((config_name(settings, t), settings, t))
+            for from_top in args.from_top:
+                settings = FreeInitSettings(passes=passes, filter=kind, d_s=args.ds, d_t=args.dt,
+                                            renoise_timestep=t, coarse_to_fine=args.coarse_to_fine,
+                                            start_at_renoise=not from_top)
+                configs.append((config_name(settings, t), settings, t))
     return configs
 
 
@@ -295,6 +298,8 @@ def main() -> None:
     parser.add_argument("--ds", type=float, default=0.25)
     parser.add_argument("--dt", type=float, default=0.25)
     parser.add_argument("--coarse-to-fine", action="store_true")
+    parser.add_argument("--from-top", type=int, nargs="+", default=[0], choices=[0, 1],
+                        help="1: later passes sample from t = 999 (the paper; before session 11); '0 1' runs both")
     parser.add_argument("--batch", type=int, default=50, help="videos generated at once")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])

@@ -11,6 +11,7 @@ from vidfusion.diffusion.freeinit import (
     FILTERS,
     FreeInitSettings,
     freeinit_sample,
+    entry_timestep,
     low_pass_filter,
     mix_frequencies,
     pass_steps,
@@ -126,8 +127,8 @@ class StandInSampler:
     def __init__(self, target: torch.Tensor, generator: torch.Generator | None = None):
         self.target, self.generator, self.calls = target, generator, []
 
-    def __call__(self, latents: torch.Tensor, num_steps: int, label: str) -> torch.Tensor:
-        self.calls.append((latents.clone(), num_steps, label))
+    def __call__(self, latents: torch.Tensor, num_steps: int, label: str, start: int | None) -> torch.Tensor:
+        self.calls.append((latents.clone(), num_steps, label, start))
         extra = torch.randn(latents.shape, generator=self.generator) if self.generator is not None else 0
         return self.target + 0.1 * latents + 0.01 * extra
 
@@ -144,14 +145,16 @@ def test_one_pass_is_the_plain_sampler_and_labels_count_passes():
     noise = torch.randn(1, 5, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     plain = StandInSampler(smooth_latent(), torch.Generator().manual_seed(3))
     free = StandInSampler(smooth_latent(), torch.Generator().manual_seed(3))
-    expected = plain(noise, 30, "sampling")
+    expected = plain(noise, 30, "sampling", None)
     out = freeinit_sample(free, noise, SCHEDULE, FreeInitSettings(passes=1), 30, torch.Generator().manual_seed(9))
     assert torch.equal(out, expected)
-    assert torch.equal(free.calls[0][0], noise) and free.calls[0][1:] == (30, "pass 1/1")
+    assert torch.equal(free.calls[0][0], noise) and free.calls[0][1:] == (30, "pass 1/1", None)
 
     three = StandInSampler(smooth_latent())
     freeinit_sample(three, noise, SCHEDULE, FreeInitSettings(passes=3), 30, torch.Generator().manual_seed(9))
-    assert [c[1:] for c in three.calls] == [(30, "pass 1/3"), (30, "pass 2/3"), (30, "pass 3/3")]
+    # Later passes enter the 30-step grid (999, 966, ..., 833, 799, ...) at its first timestep <= 820.
+    assert entry_timestep(SCHEDULE, 30, 820) == 799
+    assert [c[1:] for c in three.calls] == [(30, "pass 1/3", None), (30, "pass 2/3", 799), (30, "pass 3/3", 799)]
     assert torch.equal(three.calls[0][0], noise)  # pass 0 starts from the caller's noise, untouched
     c2f = StandInSampler(smooth_latent())
     freeinit_sample(c2f, noise, SCHEDULE, FreeInitSettings(passes=3, coarse_to_fine=True), 30)
@@ -159,15 +162,21 @@ def test_one_pass_is_the_plain_sampler_and_labels_count_passes():
     assert pass_steps(4, 5, True) == [1, 1, 2, 3, 4]
 
 
-def test_later_passes_start_from_the_mix_of_the_renoised_result_and_fresh_noise():
+@pytest.mark.parametrize("from_top", [False, True])
+def test_later_passes_start_from_the_mix_of_the_renoised_result_and_fresh_noise(from_top):
+    """The re-noise level is the first timestep of the pass's grid at or below the setting, and the pass starts
+    there (the init is noised to exactly the level its first step assumes); from the top, as in the paper, the
+    re-noise level is the setting itself and the pass runs the whole schedule."""
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(1, 5, 4, 16, 16, generator=g)
-    settings = FreeInitSettings(passes=2, renoise_timestep=900)
+    settings = FreeInitSettings(passes=2, renoise_timestep=900, start_at_renoise=not from_top)
     sampler = StandInSampler(smooth_latent())
     out = freeinit_sample(sampler, noise, SCHEDULE, settings, 7, torch.Generator().manual_seed(4))
+    level = 900 if from_top else 856  # the 7-step trailing grid: 999, 856, 713, ...
+    assert sampler.calls[1][3] == (None if from_top else level)
     clean0 = sampler.calls[0][0] * 0.1 + smooth_latent()
     fresh = torch.randn(noise.shape, generator=torch.Generator().manual_seed(4))
-    expected_init = mix_frequencies(add_noise(alphas_cumprod(SCHEDULE), clean0, noise, 900), fresh,
+    expected_init = mix_frequencies(add_noise(alphas_cumprod(SCHEDULE), clean0, noise, level), fresh,
                                     low_pass_filter((5, 16, 16)))
     torch.testing.assert_close(sampler.calls[1][0], expected_init, atol=1e-6, rtol=0)
     torch.testing.assert_close(out, smooth_latent() + 0.1 * expected_init)
@@ -304,3 +313,29 @@ def test_freeinit_pool_pairs_each_video_with_its_own_plain_row_and_pools_files()
     assert mean == pytest.approx(-2.0) and se == pytest.approx(math.sqrt(64.0 / 3))
     with pytest.raises(SystemExit, match="not in this sweep"):
         paired_differences(results, "gaussian x3 t820")
+
+
+@pytest.mark.parametrize("from_top", [False, True])
+def test_later_passes_run_only_the_steps_below_the_renoise_level(shipped, from_top):
+    """3 steps (grid 999, 666, 332), default level 820: pass 2 enters at 666 and runs 666 and 332; from the top it
+    runs all three. The model sees exactly those timesteps (the masked-context sampling loop)."""
+    seen = []
+
+    def record(model_fn):
+        def wrapped(x, c, t):
+            seen.append(int(t[0]))
+            return model_fn(x, c, t)
+        return wrapped
+
+    settings = FreeInitSettings(passes=2, start_at_renoise=not from_top)
+    text_to_video(shipped, small(freeinit=settings), progress=False, wrap_model_fn=record)
+    assert seen == [999, 666, 332] + ([999, 666, 332] if from_top else [666, 332])
+
+
+def test_denoise_from_a_start_timestep_runs_the_tail_of_the_schedule():
+    from vidfusion.diffusion.samplers import make_sampler, timesteps_from
+
+    sampler = make_sampler("ddim", SCHEDULE, 5)
+    assert timesteps_from(sampler, None).tolist() == [999, 799, 599, 399, 199]
+    assert timesteps_from(sampler, 799).tolist() == [799, 599, 399, 199]
+    assert timesteps_from(sampler, 798).tolist() == [599, 399, 199]

@@ -198,7 +198,8 @@ def _torchrun(processes: int, argv: list[str]) -> int:
 
 
 FREEINIT_FLAGS = {"freeinit_filter": "filter", "freeinit_ds": "d_s", "freeinit_dt": "d_t",
-                  "freeinit_renoise": "renoise_timestep", "freeinit_coarse_to_fine": "coarse_to_fine"}
+                  "freeinit_renoise": "renoise_timestep", "freeinit_coarse_to_fine": "coarse_to_fine",
+                  "freeinit_from_top": "start_at_renoise"}
 
 
 def _freeinit_settings(args: argparse.Namespace):
@@ -210,7 +211,10 @@ def _freeinit_settings(args: argparse.Namespace):
         if given:
             raise VidFusionError(f"--{next(iter(given)).replace('_', '-')} needs --freeinit N; add e.g. --freeinit 3")
         return None
-    return FreeInitSettings(passes=args.freeinit, **{FREEINIT_FLAGS[flag]: value for flag, value in given.items()})
+    settings = {FREEINIT_FLAGS[flag]: value for flag, value in given.items()}
+    if "start_at_renoise" in settings:  # --freeinit-from-top turns it off
+        settings["start_at_renoise"] = False
+    return FreeInitSettings(passes=args.freeinit, **settings)
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -367,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "shipped model; see docs/freeinit.md)")
     gen.add_argument("--freeinit-coarse-to-fine", action="store_true",
                      help="earlier passes use fewer steps (pass i of N: steps * i / N)")
+    gen.add_argument("--freeinit-from-top", action="store_true",
+                     help="later passes sample from t = 999 as in the paper, instead of entering at the re-noise "
+                          "level (see docs/freeinit.md)")
     gen.set_defaults(func=cmd_generate)
 
     train = sub.add_parser("train", help="train the VAE or the diffusion transformer (resumes from out_dir)")

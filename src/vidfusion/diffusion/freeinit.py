@@ -88,15 +88,16 @@ from typing import Callable
 import torch
 
 from vidfusion.diffusion.prediction import add_noise
-from vidfusion.diffusion.schedule import ScheduleConfig, alphas_cumprod
+from vidfusion.diffusion.schedule import ScheduleConfig, alphas_cumprod, inference_timesteps
 from vidfusion.errors import VidFusionError
 
 FILTERS = ("butterworth", "gaussian", "ideal", "box")
 LAYOUTS = ("bfchw", "bcfhw")  # the transformer's [B, F, C, H, W] and the VAE's [B, C, F, H, W]
 DEFAULT_RENOISE_ALPHABAR = 0.0133  # t = 820 on the 5B schedule; measured choice, see the module docstring
 
-# sample_fn(latents, num_steps, label) -> clean latents; label ("pass 2/3") is for the progress bar.
-SampleFn = Callable[[torch.Tensor, int, str], torch.Tensor]
+# sample_fn(latents, num_steps, label, start) -> clean latents; label ("pass 2/3") is for the progress bar; start is
+# None (the whole schedule) or a timestep of the sampler's grid that `latents` are noised to (run the steps <= start).
+SampleFn = Callable[[torch.Tensor, int, str, int | None], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,9 @@ class FreeInitSettings:
     d_t: float = 0.25  # temporal stop frequency
     renoise_timestep: int | None = None  # None: the schedule's timestep nearest DEFAULT_RENOISE_ALPHABAR
     coarse_to_fine: bool = False  # pass i runs int(num_steps / passes * (i + 1)) steps instead of num_steps
+    # Later passes enter the sampler's schedule at the re-noise level (see the module docstring); False samples them
+    # from the top, t = 999, as the paper does (and as this module did until session 11).
+    start_at_renoise: bool = True
     preserve_variance: bool = True  # fresh-noise weight sqrt(1 - L^2) instead of 1 - L (see the module docstring)
 
 
@@ -138,6 +142,13 @@ def renoise_timestep(schedule: ScheduleConfig, settings: FreeInitSettings) -> in
     if settings.renoise_timestep is not None:
         return settings.renoise_timestep
     return timestep_for_alphabar(schedule, DEFAULT_RENOISE_ALPHABAR)
+
+
+def entry_timestep(schedule: ScheduleConfig, num_steps: int, t: int) -> int:
+    """The largest timestep of the `num_steps` sampling grid at or below t (the grid's last one if none is)."""
+    grid = inference_timesteps(schedule, num_steps)
+    below = grid[grid <= t]
+    return int(below[0]) if len(below) else int(grid[-1])
 
 
 def pass_steps(num_steps: int, passes: int, coarse_to_fine: bool) -> list[int]:
@@ -238,11 +249,12 @@ def freeinit_sample(
     lpf = low_pass_filter(grid_shape(noise, layout), settings.filter, settings.d_s, settings.d_t, settings.order,
                           noise.device)
     steps = pass_steps(num_steps, settings.passes, settings.coarse_to_fine)
-    clean = sample_fn(noise, steps[0], f"pass 1/{settings.passes}")
+    clean = sample_fn(noise, steps[0], f"pass 1/{settings.passes}", None)
     for i in range(1, settings.passes):
-        diffused = add_noise(ab, clean.float(), noise.float(), t)
+        start = entry_timestep(schedule, steps[i], t) if settings.start_at_renoise else None
+        diffused = add_noise(ab, clean.float(), noise.float(), t if start is None else start)
         draw_on = generator.device if generator is not None else noise.device
         fresh = torch.randn(noise.shape, generator=generator, device=draw_on, dtype=torch.float32).to(noise.device)
         init = mix_frequencies(diffused, fresh, lpf, layout, settings.preserve_variance).to(noise.dtype)
-        clean = sample_fn(init, steps[i], f"pass {i + 1}/{settings.passes}")
+        clean = sample_fn(init, steps[i], f"pass {i + 1}/{settings.passes}", start)
     return clean

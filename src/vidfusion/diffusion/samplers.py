@@ -131,6 +131,12 @@ class DPMSolverSampler(_Sampler):
 SAMPLERS = {"ddim": DDIMSampler, "dpm": DPMSolverSampler}
 
 
+def timesteps_from(sampler: DDIMSampler | DPMSolverSampler, start: int | None = None) -> torch.Tensor:
+    """The sampler's timesteps at or below `start` (all of them when None): a run that enters the schedule part way,
+    from a latent noised to `start` (FreeInit's later passes)."""
+    return sampler.timesteps if start is None else sampler.timesteps[sampler.timesteps <= start]
+
+
 def check_sampler_name(name: str) -> None:
     if name not in SAMPLERS:
         raise VidFusionError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")

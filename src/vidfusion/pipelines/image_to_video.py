@@ -161,9 +161,9 @@ def image_to_video_latents(
         model_fn = wrap_model_fn(model_fn)
     sampler = request.sampler or components.default_sampler
 
-    def sample(x: torch.Tensor, num_steps: int, label: str) -> torch.Tensor:
+    def sample(x: torch.Tensor, num_steps: int, label: str, start: int | None = None) -> torch.Tensor:
         return denoise(components, x, context, num_steps, request.guidance_scale, sampler, request.dynamic_cfg,
-                       generator, label if progress else False, model_fn=model_fn)
+                       generator, label if progress else False, model_fn=model_fn, start_timestep=start)
 
     if request.freeinit is None:
         return sample(latents, request.num_steps, "sampling"), extra

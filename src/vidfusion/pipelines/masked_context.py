@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from vidfusion.diffusion.freeinit import freeinit_sample
 from vidfusion.diffusion.guidance import dynamic_cfg_scale
-from vidfusion.diffusion.samplers import make_sampler
+from vidfusion.diffusion.samplers import make_sampler, timesteps_from
 from vidfusion.errors import VidFusionError
 from vidfusion.io.pretrained import Components
 from vidfusion.models.transformer import TransformerConfig
@@ -166,9 +166,10 @@ def denoise_with_context(
     components: Components, latents: torch.Tensor, text: torch.Tensor, context_latents: torch.Tensor,
     mask: torch.Tensor, fps: float, num_steps: int, guidance_scale: float, context_scale: float, sampler_name: str,
     dynamic_cfg: bool = False, generator: torch.Generator | None = None, progress: bool | str = True,
-    model_fn: ModelFn | None = None,
+    model_fn: ModelFn | None = None, start_timestep: int | None = None,
 ) -> torch.Tensor:
     """The sampling loop with text and context guidance. `text` is [negative; positive] when guidance_scale > 1.
+    `start_timestep` as in text_to_video.denoise (FreeInit's later passes).
 
     `model_fn(x, texts, t)` replaces the plain transformer call (which passes ofs=fps). It gets all active branches
     in one batch of 1 to 3, so a CFG-parallel wrapper fits only a batch of exactly 2 (text guidance on, context
@@ -186,10 +187,11 @@ def denoise_with_context(
     masks = torch.cat([mask] * (2 if text_guided else 1) + ([no_mask] if context_guided else []))
     n = texts.shape[0]
     sampler = make_sampler(sampler_name, components.schedule, num_steps)
-    bar = tqdm(total=len(sampler.timesteps), desc=progress if isinstance(progress, str) else "sampling",
+    timesteps = timesteps_from(sampler, start_timestep)
+    bar = tqdm(total=len(timesteps), desc=progress if isinstance(progress, str) else "sampling",
                disable=progress is False, leave=False, unit="step")
     dtype = latents.dtype
-    for t in sampler.timesteps:
+    for t in timesteps:
         x = model_input(latents.expand(n, -1, -1, -1, -1), contexts, masks)
         v = model_fn(x, texts, t.expand(n).to(x.device)).float()
         parts = list(v.chunk(n))
@@ -254,10 +256,10 @@ def generate_with_context(
     if wrap_model_fn is not None:
         model_fn = wrap_model_fn(lambda x, c, t: transformer(x, c, t, ofs=context.fps))
 
-    def sample(x: torch.Tensor, num_steps: int, label: str) -> torch.Tensor:
+    def sample(x: torch.Tensor, num_steps: int, label: str, start: int | None = None) -> torch.Tensor:
         return denoise_with_context(components, x, text, context_latents, mask, context.fps, num_steps,
                                     request.guidance_scale, context.guidance_scale, sampler, request.dynamic_cfg,
-                                    generator, label if progress else False, model_fn)
+                                    generator, label if progress else False, model_fn, start)
 
     if request.freeinit is None:
         latents = sample(latents, request.num_steps, progress if isinstance(progress, str) else "sampling")

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from vidfusion.diffusion.freeinit import FreeInitSettings, check_settings, freeinit_sample
 from vidfusion.diffusion.guidance import cfg, dynamic_cfg_scale
-from vidfusion.diffusion.samplers import check_sampler_name, make_sampler
+from vidfusion.diffusion.samplers import check_sampler_name, make_sampler, timesteps_from
 from vidfusion.errors import VidFusionError
 from vidfusion.io.pretrained import Components
 from vidfusion.models.transformer import TransformerConfig
@@ -131,16 +131,18 @@ def denoise(
     generator: torch.Generator | None = None,
     progress: bool | str = True,
     model_fn: ModelFn | None = None,
+    start_timestep: int | None = None,
 ) -> torch.Tensor:
     """Run the sampler from `latents` [B, F, C, h, w]. `context` is [negative; positive] when guidance_scale > 1.
 
     `model_fn(x, context, t)` replaces the plain transformer call (image conditioning adds channels there).
+    `start_timestep`: `latents` are noised to that level, and only the steps at or below it run (None: all).
     """
     transformer = components.transformer
     model_fn = model_fn or (lambda x, c, t: transformer(x, c, t))
     guided = guidance_scale > 1.0
     sampler = make_sampler(sampler_name, components.schedule, num_steps)
-    timesteps = sampler.timesteps
+    timesteps = timesteps_from(sampler, start_timestep)
     bar = tqdm(total=len(timesteps), desc=progress if isinstance(progress, str) else "sampling",
                disable=progress is False, leave=False, unit="step")
     dtype = latents.dtype
@@ -194,9 +196,9 @@ def text_to_video(
     if wrap_model_fn is not None:
         model_fn = wrap_model_fn(model_fn)
 
-    def sample(x: torch.Tensor, num_steps: int, label: str) -> torch.Tensor:
+    def sample(x: torch.Tensor, num_steps: int, label: str, start: int | None = None) -> torch.Tensor:
         return denoise(components, x, context, num_steps, request.guidance_scale, sampler, request.dynamic_cfg,
-                       generator, label if progress else False, model_fn=model_fn)
+                       generator, label if progress else False, model_fn=model_fn, start_timestep=start)
 
     if request.freeinit is None:
         latents = sample(latents, request.num_steps, "sampling")
