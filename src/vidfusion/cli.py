@@ -361,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --vae-fuse: the full-resolution level in N-frame slices (the same output in less "
                           "memory; 1 for the least)")
     gen.add_argument("--freeinit", type=int, default=None, metavar="N",
-                     help="FreeInit with N sampling passes (3 is typical; each pass costs a full sampling run)")
+                     help="FreeInit with N sampling passes (3 is typical; later passes run the steps below the "
+                          "re-noise level)")
     gen.add_argument("--freeinit-filter", default=None, choices=["butterworth", "gaussian", "ideal", "box"],
                      help="low-pass filter (default butterworth)")
     gen.add_argument("--freeinit-ds", type=float, default=None, metavar="D", help="spatial stop frequency (default 0.25)")
