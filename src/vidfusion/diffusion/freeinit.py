@@ -69,11 +69,11 @@ every pass from the top of the schedule, which is consistent there: SD's t = 999
 to. Under zero terminal SNR the sampler's first step (t = 999) assumes no signal at all, and the next few assume
 alphabar far below the re-noise level's, so the kept low band reads as a clean latent several times too strong. On
 v4, 6 videos that had lost an object's colour under FreeInit on the GPU were made again on the CPU (DDIM 25 steps,
-t = 820): all 6 came out on a flat white (5) or black (1) background, and in 4 no object was left. So a later pass
-is re-noised to the first timestep of its sampling grid at or below the re-noise level (799 for 25 steps at 820)
-and runs only the steps from there: the init is then noised to exactly the level its first step assumes. The same 6
-videos kept every colour. It also costs fewer steps: with 25 steps and t = 820, 25 + 20 + 20 instead of 75 for 3
-passes.
+t = 820): all 6 came out on a flat white (5) or black (1) background, and in 4 the checker found no object. So a
+later pass is re-noised to the first timestep of its sampling grid at or below the re-noise level (799 for 25 steps
+at 820) and runs only the steps from there: the init is then noised to exactly the level its first step assumes.
+The same 6 videos kept every colour. It also costs fewer steps: with 25 steps and t = 820, 25 + 20 + 20 instead of
+75 for 3 passes.
 
 Measured with the corrected entry, v4, 3 Butterworth passes, 100 held-out prompts x 2 seeds, one H100, paired
 against plain sampling (session 11):
