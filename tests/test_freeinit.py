@@ -285,6 +285,17 @@ def test_cli_freeinit_flags(tmp_path, capsys):
                  "850", "--steps", "1", "--frames", "5", "--height", "32", "--width", "32", "-q", "-o",
                  str(out)]) == 0
     assert "FreeInit 2 passes" in capsys.readouterr().out and out.stat().st_size > 0
+    assert main(["generate", "x", "--freeinit-from-top", "-o", str(tmp_path / "c.mp4")]) == 2
+    assert "--freeinit-from-top needs --freeinit N" in capsys.readouterr().err
+
+    import argparse
+
+    from vidfusion.cli import FREEINIT_FLAGS, _freeinit_settings
+
+    flags = dict.fromkeys(FREEINIT_FLAGS)
+    assert _freeinit_settings(argparse.Namespace(freeinit=3, **flags)).start_at_renoise
+    top = _freeinit_settings(argparse.Namespace(freeinit=3, **dict(flags, freeinit_from_top=True)))
+    assert not top.start_at_renoise and top.passes == 3
 
 
 def test_freeinit_pool_pairs_each_video_with_its_own_plain_row_and_pools_files():
