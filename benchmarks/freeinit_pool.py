@@ -52,12 +52,31 @@ def mean_and_se(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
+def config_settings(results: dict, config: str) -> dict:
+    """The FreeInit settings a sweep ran `config` with. Files written before session 11 have no start_at_renoise:
+    their later passes sampled from t = 999, so it is read as False there."""
+    return {"start_at_renoise": False, **results["configs"][config].get("settings", {})}
+
+
+def check_same_settings(files: list[dict], config: str) -> None:
+    """Refuse to pool runs that share a row name but not the method (the name does not show every setting)."""
+    first = config_settings(files[0], config)
+    for i, results in enumerate(files[1:], 2):
+        other = config_settings(results, config)
+        differ = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+        if differ:
+            raise SystemExit(f"file 1 and file {i} ran {config!r} with different settings ({', '.join(differ)}); "
+                             f"pool only runs of the same method")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("results", nargs="+", help="results.json files written by freeinit_sweep.py")
     parser.add_argument("--config", default="butterworth x3 t820", help="row name in the sweeps' tables")
     args = parser.parse_args()
-    per_file = [paired_differences(read_json(p), args.config) for p in args.results]
+    files = [read_json(p) for p in args.results]
+    per_file = [paired_differences(results, args.config) for results in files]
+    check_same_settings(files, args.config)
     print(f"{args.config} minus plain, mean ± standard error over videos")
     header = "| metric | " + " | ".join(f"file {i + 1}" for i in range(len(per_file))) + " | pooled | n |"
     print(header)

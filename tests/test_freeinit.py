@@ -303,7 +303,7 @@ def test_freeinit_pool_pairs_each_video_with_its_own_plain_row_and_pools_files()
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from freeinit_pool import mean_and_se, paired_differences
+    from freeinit_pool import check_same_settings, mean_and_se, paired_differences
 
     def row(index, seed, adherence, colour, size):
         return {"index": index, "seed": seed, "frame_consistency": 0.9, "flicker": 2.0, "motion": 0.5,
@@ -324,6 +324,13 @@ def test_freeinit_pool_pairs_each_video_with_its_own_plain_row_and_pools_files()
     assert mean == pytest.approx(-2.0) and se == pytest.approx(math.sqrt(64.0 / 3))
     with pytest.raises(SystemExit, match="not in this sweep"):
         paired_differences(results, "gaussian x3 t820")
+
+    # A file from before session 11 (no start_at_renoise: later passes from the top) does not pool with a new one.
+    old = {"configs": {"box x3 t820": {"settings": {"passes": 3}}}}
+    new = {"configs": {"box x3 t820": {"settings": {"passes": 3, "start_at_renoise": True}}}}
+    check_same_settings([new, new], "box x3 t820")
+    with pytest.raises(SystemExit, match="start_at_renoise"):
+        check_same_settings([new, old], "box x3 t820")
 
 
 @pytest.mark.parametrize("from_top", [False, True])

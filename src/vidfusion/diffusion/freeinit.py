@@ -45,8 +45,8 @@ for the 5B/tiny schedule with snr shift 1, t = 732 for 2B's shift 3).
 
 What is kept at each level (`python benchmarks/freeinit_sweep.py --measure-renoise`; the shipped v4 VAE's latents of
 16 world val clips, scaled as the DiT sees them, Butterworth 0.25/0.25, 5 x 16 x 16 grid). "signal" is the share of
-z's low-pass energy that comes from x0 (the rest is n0); "init std" is the std of the mixed init the sampler starts
-from at t = 999 (1 = in distribution); "corr" is the correlation of the init's low band with x0's low band:
+z's low-pass energy that comes from x0 (the rest is n0); "init std" is the std of the mixed init (1 = what a
+sampler started at t = 999 expects); "corr" is the correlation of the init's low band with x0's low band:
 
     t     alphabar   signal   init std   corr
     999   0          0.000    1.000      -0.02
