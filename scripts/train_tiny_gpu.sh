@@ -94,6 +94,13 @@ side_by_side() {
   if [ -d $R/$v/export/vae ]; then bring_back $v $R/$v/export/vae; fi
 }
 
+# finetune_args INIT: the settings shared by the fine-tunes of the shipped transformer (shapecon, pixloss), which
+# differ only in the term they add; W is the shipped folder.
+finetune_args() {
+  echo vae_path=$W/vae init_from=$1 task_mix=${TASK_MIX:-0.3,0.2,0.25,0.25} echo=2 lr=${SC_LR:-1e-4} \
+    warmup_steps=100 object_weight=${OBJECT_WEIGHT:-4} export_dtype=bf16 sample_every=100000
+}
+
 bring_back() {  # bring_back NAME FOLDER: tar a folder into 15 MB parts under $OUT
   tar -C "$(dirname $2)" -cf - "$(basename $2)" | split -b 15M - $OUT/$1.tar.part-
 }
@@ -194,10 +201,8 @@ objmore)  # OBJ_INIT=transformer folder: a further object-weighted cycle alone o
 shapecon)  # the shipped transformer + the shape-contrast term (train_dit.py shape_contrast), alone on the GPU, one call
   W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
   SC=${SC_DIR:-$R/sc}  # a second run on one machine needs its own SC_DIR, or it resumes the first one
-  args=(vae_path=$W/vae init_from=${SC_INIT:-$W/transformer} task_mix=${TASK_MIX:-0.3,0.2,0.25,0.25} echo=2
-        lr=${SC_LR:-1e-4} warmup_steps=100 object_weight=${OBJECT_WEIGHT:-4} shape_contrast=${SHAPE_CONTRAST:-1}
-        shape_margin=${SHAPE_MARGIN:-0.01} timestep_power=${TIMESTEP_POWER:-1} num_workers=10 export_dtype=bf16
-        sample_every=100000 ckpt_every=500)
+  args=($(finetune_args ${SC_INIT:-$W/transformer}) shape_contrast=${SHAPE_CONTRAST:-1}
+        shape_margin=${SHAPE_MARGIN:-0.01} timestep_power=${TIMESTEP_POWER:-1} num_workers=10 ckpt_every=500)
   vidfusion train dit --config configs/dit_tiny.toml out_dir=$SC progress=false steps=${SC_STEPS:-2000} \
     "${args[@]}" max_minutes=$(python3 -c "print(($(left) - 45) / 60)")
   [ -f $SC/export/model_index.json ] || finish $SC dit configs/dit_tiny.toml "${args[@]}"
@@ -211,10 +216,8 @@ pixloss)  # the shipped transformer with the pixel loss (train_dit.py pixel_loss
   W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
   levels=(${PIX_LEVELS:-0.2 1})
   for level in "${levels[@]}"; do
-    args=(vae_path=$W/vae init_from=$W/transformer task_mix=${TASK_MIX:-0.3,0.2,0.25,0.25} echo=2
-          lr=${SC_LR:-1e-4} warmup_steps=100 object_weight=${OBJECT_WEIGHT:-4} pixel_loss=$level
-          pixel_loss_clips=${PIX_CLIPS:-4} pixel_loss_max_t=${PIX_MAX_T:-400} num_workers=7 export_dtype=bf16
-          sample_every=100000 ckpt_every=250)
+    args=($(finetune_args $W/transformer) pixel_loss=$level pixel_loss_clips=${PIX_CLIPS:-4}
+          pixel_loss_max_t=${PIX_MAX_T:-400} num_workers=7 ckpt_every=250)
     ( vidfusion train dit --config configs/dit_tiny.toml out_dir=$R/pix$level progress=false \
         steps=${PIX_STEPS:-2000} "${args[@]}" max_minutes=$(python3 -c "print(($(left) - 70) / 60)") \
         > $R/pix$level.log

@@ -350,7 +350,7 @@ def test_later_passes_run_only_the_steps_below_the_renoise_level(shipped, from_t
     assert seen == [999, 666, 332] + ([999, 666, 332] if from_top else [666, 332])
 
 
-def test_denoise_from_a_start_timestep_runs_the_tail_of_the_schedule():
+def test_timesteps_from_a_start_timestep_are_the_tail_of_the_schedule():
     from vidfusion.diffusion.samplers import make_sampler, timesteps_from
 
     sampler = make_sampler("ddim", SCHEDULE, 5)

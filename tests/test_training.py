@@ -515,7 +515,7 @@ def test_dit_pixel_loss_decodes_the_predicted_x0(tmp_path):
     which does not change; with no sample below the threshold the step is the plain one."""
     from vidfusion.diffusion.prediction import add_noise, x0_from_v
     from vidfusion.training.common import step_generator
-    from vidfusion.training.losses import finite_difference_l1, weighted_l1
+    from vidfusion.training.losses import finite_difference_l1, pixel_object_weights, weighted_l1
     from vidfusion.training.train_dit import NOISE_STREAM, PixelTarget, train, train_step, training_timesteps
 
     torch.manual_seed(0)
@@ -524,9 +524,10 @@ def test_dit_pixel_loss_decodes_the_predicted_x0(tmp_path):
                                              max_text_seq_length=6, sample_height=4, sample_width=4,
                                              sample_frames=9))
     x0, context = torch.randn(3, 3, 4, 4, 4), torch.randn(3, 6, 8)
-    video = torch.rand(3, 3, 9, 32, 32) * 2 - 1
-    weights = 1 + 4 * (torch.rand(3, 1, 9, 32, 32) > 0.8).float()
-    pixels = PixelTarget(vae, video, weights)
+    video = torch.randint(0, 256, (3, 3, 9, 32, 32), dtype=torch.uint8)
+    objects = torch.rand(3, 9, 32, 32) > 0.8
+    pixels = PixelTarget(vae, video, objects, 4.0)
+    clips, weights = video.float() / 127.5 - 1, pixel_object_weights(objects, 4.0)
     ab = alphas_cumprod(COGVIDEOX_5B_SCHEDULE)
     vae_before = copy.deepcopy(vae.state_dict())
 
@@ -550,7 +551,7 @@ def test_dit_pixel_loss_decodes_the_predicted_x0(tmp_path):
         v = model(x_t, context, t)
         z = x0_from_v(ab, x_t[:2], v[:2], t[:2]) / vae.config.scaling_factor
         decoded = vae.decode(z.permute(0, 2, 1, 3, 4))
-    by_hand = weighted_l1(decoded, video[:2], weights[:2]) + finite_difference_l1(decoded, video[:2], weights[:2])
+    by_hand = weighted_l1(decoded, clips[:2], weights[:2]) + finite_difference_l1(decoded, clips[:2], weights[:2])
     assert torch.allclose(full["train/pixel_loss"], by_hand, atol=1e-5)
     assert torch.allclose(full["train/loss"], plain["train/loss"] + 0.5 * by_hand, atol=1e-5)
     assert any(not torch.allclose(a, b) for a, b in zip(m_plain.parameters(), m_full.parameters()))

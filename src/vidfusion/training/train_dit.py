@@ -223,7 +223,10 @@ def train(cfg: DiTTrainConfig) -> Path:
             weights = None
             if cfg.object_weight > 0:
                 weights = latent_object_weights(batch["objects"].to(device), vae.config, cfg.object_weight)
-            pixels = pixel_target(cfg, batch, vae, device) if cfg.pixel_loss > 0 else None
+            pixels = None
+            if cfg.pixel_loss > 0:
+                objects = batch["objects"] if cfg.object_weight > 0 else None
+                pixels = PixelTarget(vae, batch["video"], objects, cfg.object_weight)
         clock.lap("time/vae_ms")
         x0, context = latents, caption_states(cfg, step, captions, text_encoder)
         negatives = shape_negatives(cfg, step, batch, text_encoder) if cfg.shape_contrast > 0 else None
@@ -425,19 +428,13 @@ def train_step(cfg: DiTTrainConfig, step: int, x0: torch.Tensor, context: torch.
 
 @dataclasses.dataclass
 class PixelTarget:
-    """What the pixel loss compares with: the frozen VAE, the batch's clips [B, 3, T, H, W] in [-1, 1] and their L1
-    weights [B, 1, T, H, W] (None: unweighted)."""
+    """What the pixel loss compares with: the frozen VAE, the batch's uint8 clips [B, 3, T, H, W], and its object
+    masks [B, T, H, W] with their weight (None: unweighted L1). Only the rows the loss uses are converted."""
 
     vae: torch.nn.Module
     video: torch.Tensor
-    weights: torch.Tensor | None
-
-
-def pixel_target(cfg: DiTTrainConfig, batch: dict, vae, device: torch.device) -> PixelTarget:
-    weights = None
-    if cfg.object_weight > 0:
-        weights = pixel_object_weights(batch["objects"].to(device), cfg.object_weight)
-    return PixelTarget(vae, to_model_range(batch["video"], device), weights)
+    objects: torch.Tensor | None = None
+    object_weight: float = 0.0
 
 
 def pixel_loss(x0_pred: torch.Tensor, pixels: PixelTarget, rows: torch.Tensor, device: torch.device,
@@ -447,8 +444,10 @@ def pixel_loss(x0_pred: torch.Tensor, pixels: PixelTarget, rows: torch.Tensor, d
     z = (x0_pred / pixels.vae.config.scaling_factor).permute(0, 2, 1, 3, 4)
     with autocast(device, amp):
         video = pixels.vae.decode(z).float()
-    target = pixels.video[rows]
-    weights = None if pixels.weights is None else pixels.weights[rows]
+    target = to_model_range(pixels.video[rows.to(pixels.video.device)], device)
+    weights = None
+    if pixels.objects is not None:
+        weights = pixel_object_weights(pixels.objects[rows.to(pixels.objects.device)].to(device), pixels.object_weight)
     return weighted_l1(video, target, weights) + finite_difference_l1(video, target, weights)
 
 
