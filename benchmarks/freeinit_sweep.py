@@ -6,8 +6,10 @@
 Every config samples the same prompts (the world's heldout split, its first n captions) with the same seeds, so the
 initial noise n0 of a (prompt, seed) pair is shared by all configs and differences are paired; the table gives each
 metric's mean and its paired difference from plain sampling with a standard error. "plain" is FreeInit with one
-pass, which is plain sampling bit for bit. Every pass runs the full --steps (equal steps per pass) unless
---coarse-to-fine. Videos are generated --batch prompts at a time (the pipeline's own steps: `encode_prompts`,
+pass, which is plain sampling bit for bit. Later passes enter the --steps grid at the re-noise level and run its
+steps from there (20 of 25 at t = 820); --equal-steps 1 runs --steps steps there on a finer grid, --from-top 1 the
+whole grid from t = 999, --coarse-to-fine fewer steps on earlier passes. Per video it also records exposure
+(brightness, contrast, the share of clipped pixels), which shows blown-out videos. Videos are generated --batch prompts at a time (the pipeline's own steps: `encode_prompts`,
 `initial_noise` per seed as `text_to_video` draws it, `denoise`, `decode`); seconds per video are the batch's
 generation wall time divided by its size, scoring excluded.
 
@@ -98,6 +100,15 @@ def adherence_points(scores: dict) -> float:
     return 100.0 * float(np.mean(values))
 
 
+def exposure(video: np.ndarray) -> dict:
+    """Brightness (mean, 0-255), contrast (mean per-frame std) and the share of near-white or near-black pixels
+    (every channel >= 245 or <= 10): a blown-out video is flat and mostly clipped, and has no flicker to measure."""
+    v = video.astype(np.float32)
+    clipped = (video >= 245).all(axis=-1) | (video <= 10).all(axis=-1)
+    return {"brightness": float(v.mean()), "contrast": float(v.reshape(v.shape[0], -1).std(axis=1).mean()),
+            "clipped": float(clipped.mean())}
+
+
 def score_batch(videos: list[np.ndarray], attributes: list[dict], encoder, pool: ThreadPoolExecutor) -> list[dict]:
     # Flow and the adherence checker are OpenCV/numpy on the CPU (threads release the GIL there); features use the
     # encoder's device.
@@ -106,7 +117,7 @@ def score_batch(videos: list[np.ndarray], attributes: list[dict], encoder, pool:
         scores = score_video(video, attrs)
         # Attribute scores get a prefix: "motion" is already the flow's motion magnitude.
         return {**flow_metrics(video), "adherence": adherence_points(scores), "all": scores["all"],
-                **{f"adherence_{a}": scores[a] for a in ATTRIBUTES}}
+                **{f"adherence_{a}": scores[a] for a in ATTRIBUTES}, **exposure(video)}
 
     futures = pool.map(cpu_part, zip(videos, attributes))
     consistency = [frame_consistency(frame_features(v, encoder)) for v in videos]
@@ -121,7 +132,8 @@ def config_name(settings: FreeInitSettings, t: int) -> str:
         return "plain"
     c2f = " c2f" if settings.coarse_to_fine else ""
     top = "" if settings.start_at_renoise else " from-top"
-    return f"{settings.filter} x{settings.passes} t{t}{c2f}{top}"
+    equal = " eq" if settings.equal_steps else ""
+    return f"{settings.filter} x{settings.passes} t{t}{c2f}{top}{equal}"
 
 
 def sweep_configs(args: argparse.Namespace, components: Components) -> list[tuple[str, FreeInitSettings, int]]:
@@ -129,10 +141,12 @@ def sweep_configs(args: argparse.Namespace, components: Components) -> list[tupl
     renoise = args.renoise or [renoise_timestep(components.schedule, FreeInitSettings())]
     for kind, passes, t in itertools.product(args.filters, args.passes, renoise):
         if passes > 1:
-            for from_top in args.from_top:
+            for from_top, equal in itertools.product(args.from_top, args.equal_steps):
+                if from_top and equal:
+                    continue  # from the top every pass runs all its steps already
                 settings = FreeInitSettings(passes=passes, filter=kind, d_s=args.ds, d_t=args.dt,
                                             renoise_timestep=t, coarse_to_fine=args.coarse_to_fine,
-                                            start_at_renoise=not from_top)
+                                            start_at_renoise=not from_top, equal_steps=bool(equal))
                 configs.append((config_name(settings, t), settings, t))
     return configs
 
@@ -300,6 +314,8 @@ def main() -> None:
     parser.add_argument("--coarse-to-fine", action="store_true")
     parser.add_argument("--from-top", type=int, nargs="+", default=[0], choices=[0, 1],
                         help="1: later passes sample from t = 999 (the paper; before session 11); '0 1' runs both")
+    parser.add_argument("--equal-steps", type=int, nargs="+", default=[0], choices=[0, 1],
+                        help="1: later passes run --steps steps below the re-noise level (a finer grid); '0 1' both")
     parser.add_argument("--batch", type=int, default=50, help="videos generated at once")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])

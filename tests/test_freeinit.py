@@ -19,7 +19,7 @@ from vidfusion.diffusion.freeinit import (
     timestep_for_alphabar,
 )
 from vidfusion.diffusion.prediction import add_noise
-from vidfusion.diffusion.schedule import COGVIDEOX_2B_SCHEDULE, COGVIDEOX_5B_SCHEDULE, alphas_cumprod
+from vidfusion.diffusion.schedule import COGVIDEOX_2B_SCHEDULE, COGVIDEOX_5B_SCHEDULE, alphas_cumprod, inference_timesteps
 from vidfusion.errors import VidFusionError
 from vidfusion.pipelines.text_to_video import T2VRequest, text_to_video
 
@@ -296,6 +296,10 @@ def test_cli_freeinit_flags(tmp_path, capsys):
     assert _freeinit_settings(argparse.Namespace(freeinit=3, **flags)).start_at_renoise
     top = _freeinit_settings(argparse.Namespace(freeinit=3, **dict(flags, freeinit_from_top=True)))
     assert not top.start_at_renoise and top.passes == 3
+    assert _freeinit_settings(argparse.Namespace(freeinit=3, **dict(flags, freeinit_equal_steps=True))).equal_steps
+    with pytest.raises(VidFusionError, match="--freeinit-equal-steps is for passes that enter"):
+        _freeinit_settings(argparse.Namespace(freeinit=3, **dict(flags, freeinit_from_top=True,
+                                                                    freeinit_equal_steps=True)))
 
 
 def test_freeinit_pool_pairs_each_video_with_its_own_plain_row_and_pools_files():
@@ -357,3 +361,32 @@ def test_timesteps_from_a_start_timestep_are_the_tail_of_the_schedule():
     assert timesteps_from(sampler, None).tolist() == [999, 799, 599, 399, 199]
     assert timesteps_from(sampler, 799).tolist() == [799, 599, 399, 199]
     assert timesteps_from(sampler, 798).tolist() == [599, 399, 199]
+
+
+def test_equal_steps_runs_num_steps_below_the_renoise_level_on_a_finer_grid(shipped):
+    """25 steps at t = 820: the 25-step grid has 20 timesteps <= 820; the 31-step grid is the smallest with 25, and
+    the pass enters it at 805. The model sees exactly those 25 timesteps, and the pass runs 25 steps like the first."""
+    from vidfusion.diffusion.freeinit import grid_for_steps_below
+
+    assert grid_for_steps_below(SCHEDULE, 25, 820) == 31
+    grid = inference_timesteps(SCHEDULE, 31)
+    assert int((grid <= 820).sum()) == 25 and int((inference_timesteps(SCHEDULE, 30) <= 820).sum()) < 25
+    assert grid_for_steps_below(SCHEDULE, 25, 10) == SCHEDULE.num_train_timesteps  # only 11 timesteps exist there
+
+    sampler = StandInSampler(smooth_latent())
+    noise = torch.randn(1, 5, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    freeinit_sample(sampler, noise, SCHEDULE, FreeInitSettings(passes=2, equal_steps=True), 25)
+    assert [c[1:] for c in sampler.calls] == [(25, "pass 1/2", None), (31, "pass 2/2", 805)]
+
+    seen = []
+
+    def record(model_fn):
+        def wrapped(x, c, t):
+            seen.append(int(t[0]))
+            return model_fn(x, c, t)
+        return wrapped
+
+    settings = FreeInitSettings(passes=2, equal_steps=True, renoise_timestep=820)
+    text_to_video(shipped, small(freeinit=settings), progress=False, wrap_model_fn=record)
+    # small() samples 3 steps: 999, 666, 332; pass 2 needs 3 timesteps <= 820 -> the 4-step grid 999, 749, 499, 249.
+    assert seen == [999, 666, 332, 749, 499, 249]

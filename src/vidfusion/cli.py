@@ -199,7 +199,7 @@ def _torchrun(processes: int, argv: list[str]) -> int:
 
 FREEINIT_FLAGS = {"freeinit_filter": "filter", "freeinit_ds": "d_s", "freeinit_dt": "d_t",
                   "freeinit_renoise": "renoise_timestep", "freeinit_coarse_to_fine": "coarse_to_fine",
-                  "freeinit_from_top": "start_at_renoise"}
+                  "freeinit_from_top": "start_at_renoise", "freeinit_equal_steps": "equal_steps"}
 
 
 def _freeinit_settings(args: argparse.Namespace):
@@ -213,6 +213,9 @@ def _freeinit_settings(args: argparse.Namespace):
         return None
     settings = {FREEINIT_FLAGS[flag]: value for flag, value in given.items()}
     if "start_at_renoise" in settings:  # --freeinit-from-top turns it off
+        if settings.get("equal_steps"):
+            raise VidFusionError("--freeinit-equal-steps is for passes that enter at the re-noise level; "
+                                 "drop it or --freeinit-from-top (from the top every pass runs all its steps)")
         settings["start_at_renoise"] = False
     return FreeInitSettings(passes=args.freeinit, **settings)
 
@@ -375,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--freeinit-from-top", action="store_true",
                      help="later passes sample from t = 999 as in the paper, instead of entering at the re-noise "
                           "level (see docs/freeinit.md)")
+    gen.add_argument("--freeinit-equal-steps", action="store_true",
+                     help="later passes run --steps steps below the re-noise level, on a finer grid, instead of the "
+                          "grid's steps there (20 of 25 at the default level)")
     gen.set_defaults(func=cmd_generate)
 
     train = sub.add_parser("train", help="train the VAE or the diffusion transformer (resumes from out_dir)")
