@@ -390,3 +390,22 @@ def test_equal_steps_runs_num_steps_below_the_renoise_level_on_a_finer_grid(ship
     text_to_video(shipped, small(freeinit=settings), progress=False, wrap_model_fn=record)
     # small() samples 3 steps: 999, 666, 332; pass 2 needs 3 timesteps <= 820 -> the 4-step grid 999, 749, 499, 249.
     assert seen == [999, 666, 332, 749, 499, 249]
+
+
+def test_sweep_exposure_counts_clipped_pixels_of_a_blown_out_video():
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from freeinit_sweep import exposure
+
+    video = np.full((3, 8, 8, 3), 128, dtype=np.uint8)
+    video[:, :4] = 255  # top half white
+    video[0, 4:, :, 0] = 5  # one channel dark is not black: the other two are 128
+    e = exposure(video)
+    assert e["clipped"] == 0.5
+    assert e["brightness"] == pytest.approx(video.astype(np.float64).mean())
+    assert e["contrast"] == pytest.approx(np.mean([f.astype(np.float64).std() for f in video]), rel=1e-5)
+    assert exposure(np.zeros((2, 4, 4, 3), dtype=np.uint8))["clipped"] == 1.0
