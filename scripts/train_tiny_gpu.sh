@@ -250,6 +250,28 @@ objvae)  # v4 VAE stage A (one call): needs the shipped weights in the tree, no 
   vidfusion eval vae --model $R/vae_v4/export/vae --world-n 50 --device cuda --json $OUT/vae_v4_eval.json | tail -n 3
   bring_back vae_v4 $R/vae_v4/export/vae
   ;;
+widevae)  # does a wider latent keep shapes? From the shipped VAE, whole VAE trained as objvae (batch 8: two fit): WIDE_CHANNELS
+  # latent channels (widened so that it starts as the shipped VAE; train_vae.py widened_latent_state) beside a
+  # 16-channel control with the same steps; then world val PSNR and the adherence bound (whole clips, last frame) of each
+  W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
+  wide_args() {  # wide_args CHANNELS: one run's overrides (no value has a space)
+    echo preset=tiny $VAE_ARCH init_from=$W/vae latent_channels=$1 object_weight=${VAE_OBJECT_WEIGHT:-8} batch_size=8 \
+      lr=${VAE_LR:-1e-4} warmup_steps=50 disc_start=10000000 num_workers=7 sample_every=100000 ckpt_every=200 \
+      export_dtype=bf16
+  }
+  for c in ${WIDE_CHANNELS:-32} 16; do
+    vidfusion train vae --config configs/vae_tiny.toml out_dir=$R/wide$c progress=false steps=${WIDE_STEPS:-800} \
+      $(wide_args $c) max_minutes=$(python3 -c "print(($(left) - 110) / 60)") > $R/wide$c.log &
+  done
+  wait
+  for c in ${WIDE_CHANNELS:-32} 16; do
+    [ -d $R/wide$c/export/vae ] || finish $R/wide$c vae configs/vae_tiny.toml $(wide_args $c)
+    tail -n 2 $R/wide$c.log; cp $R/wide$c/metrics.jsonl $OUT/wide${c}_metrics.jsonl
+    vidfusion eval vae --model $R/wide$c/export/vae --world-n 50 --device cuda --json $OUT/wide${c}_eval.json | tail -n 2
+    python3 benchmarks/adherence_vae_bound.py -n 100 --vae $R/wide$c/export/vae --device cuda 2>&1 | grep -v -i warn
+    bring_back wide$c $R/wide$c/export/vae
+  done
+  ;;
 v4dit)  # after objvae on the same machine: carries runs/devcarry (text encoder), not the shipped weights
   dit_args=(vae_path=$R/vae_v4/export/vae init_from=$R/ship/transformer task_mix=${TASK_MIX:-0.3,0.2,0.25,0.25}
             echo=2 lr=${V4_LR:-1.5e-4} warmup_steps=100 object_weight=${OBJECT_WEIGHT:-4} num_workers=11

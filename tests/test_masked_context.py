@@ -309,3 +309,58 @@ def test_linear_blend_and_seam_ratio():
     assert np.allclose(frame_changes(video)[:7], 1.0)
     seams = seam_ratio(video, [8], overlap=1)
     assert seams["border_change"] == pytest.approx((1 + 11) / 2) and seams["inside_change"] == pytest.approx(1.0)
+
+
+def test_start_frames_are_noised_to_the_start_timestep_and_only_the_steps_below_run():
+    """SDEdit start: the model first sees the start video's scaled latents noised with the seed's noise to exactly
+    the start timestep, and is called only at the grid's timesteps from there; a timestep off the grid is refused."""
+    from vidfusion.diffusion.prediction import add_noise
+    from vidfusion.diffusion.schedule import alphas_cumprod
+
+    components = context_components()
+    request = T2VRequest("a red circle", num_steps=4, seed=3)  # grid 999, 749, 499, 249
+    keys = torch.rand(3, 3, 64, 64) * 2 - 1
+    frames = torch.zeros(9, 3, 64, 64)
+    frames[::4] = keys
+    known = torch.zeros(9, dtype=torch.bool)
+    known[::4] = True
+    blend = interpolation.linear_blend(keys)
+    seen = []
+
+    def record(model_fn):
+        def wrapped(x, c, t):
+            seen.append((int(t[0]), x[:1].clone()))
+            return model_fn(x, c, t)
+        return wrapped
+
+    context = Context(frames, known, 32.0, start_frames=blend, start_timestep=499)
+    generate_with_context(components, request, context, progress=False, wrap_model_fn=record)
+    assert [t for t, _ in seen] == [499, 249]
+    vae = components.vae
+    z = vae.encode(blend.transpose(0, 1)[None]).mode() * vae.config.scaling_factor
+    noise = initial_noise((1, 3, vae.config.latent_channels, 8, 8), torch.Generator().manual_seed(3), "cpu",
+                          torch.float32)
+    expected = add_noise(alphas_cumprod(components.schedule), z.permute(0, 2, 1, 3, 4), noise, 499)
+    c = vae.config.latent_channels
+    torch.testing.assert_close(seen[0][1][:, :, :c], expected, atol=1e-5, rtol=0)  # [noisy, context, mask]
+
+    with pytest.raises(VidFusionError, match="not on the 4-step grid"):
+        generate_with_context(components, request, dataclasses.replace(context, start_timestep=500), progress=False)
+    with pytest.raises(VidFusionError, match="start frames have shape"):
+        generate_with_context(components, request, dataclasses.replace(context, start_frames=blend[:5]),
+                              progress=False)
+
+
+def test_interpolation_blend_start_gives_each_window_its_keys_blend_and_a_grid_timestep(monkeypatch):
+    calls = []
+    monkeypatch.setattr(interpolation, "generate_with_context", fake_generator(calls))
+    components = context_components()
+    keys = torch.linspace(-1, 1, 5).view(5, 1, 1, 1).expand(5, 3, 64, 64).clone()
+    interpolation.interpolate(components, keys, 4, T2VRequest("", num_steps=4), fps=8.0, progress=False,
+                              blend_start=600)
+    assert len(calls) == 2 and all(c.start_timestep == 499 for _, c in calls)  # first grid timestep <= 600
+    torch.testing.assert_close(calls[1][1].start_frames[:, 0, 0, 0], torch.linspace(0, 1, 9))  # keys 2-4 blended
+    assert interpolation.linear_blend(keys[:2])[1:4, 0, 0, 0].tolist() == pytest.approx([-0.875, -0.75, -0.625])
+    with pytest.raises(VidFusionError, match="is not a timestep"):
+        interpolation.interpolate(components, keys, 4, T2VRequest("", num_steps=4), fps=8.0, progress=False,
+                                  blend_start=1000)

@@ -571,3 +571,37 @@ def test_dit_pixel_loss_decodes_the_predicted_x0(tmp_path):
     assert '"train/pixel_loss"' in (out / "metrics.jsonl").read_text()
     with pytest.raises(VidFusionError, match="pixel_loss"):
         load_config(DiTTrainConfig, None, dict(SMALL_DIT, vae_path=vae_path, pixel_loss_max_t=0))
+
+
+def test_vae_widened_latent_starts_as_the_narrow_vae_and_trains(tmp_path):
+    """latent_channels 4 -> 6 from a 4-channel export: at step 0 the round trip (posterior mode) is the old VAE's,
+    the old channels' means are unchanged, and one training step reaches the added channels' decoder columns."""
+    from vidfusion.models.vae import CogVideoXVAE
+    from vidfusion.training.train_vae import load_start_weights, train, vae_config
+
+    first = train(load_config(VAETrainConfig, None, dict(SMALL_VAE, steps=1, disc_start=100, sample_every=100,
+                                                         out_dir=str(tmp_path / "s1"))))
+    narrow = load_vae(first)
+    wide_cfg = load_config(VAETrainConfig, None, dict(SMALL_VAE, latent_channels=6, init_from=str(first),
+                                                      out_dir=str(tmp_path / "s2")))
+    torch.manual_seed(0)
+    wide = CogVideoXVAE(vae_config(wide_cfg))
+    load_start_weights(wide, str(first))
+    clip = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z_narrow = narrow.encode(clip).mode()
+        z_wide = wide.encode(clip).mode()
+        assert z_wide.shape[1] == 6 and torch.allclose(z_wide[:, :4], z_narrow, atol=1e-5)
+        assert z_wide[:, 4:].abs().max() > 0  # the added channels carry something for the decoder to learn from
+        torch.testing.assert_close(wide.decode(z_wide), narrow.decode(z_narrow), atol=1e-5, rtol=0)
+
+    second = train(load_config(VAETrainConfig, None, dict(SMALL_VAE, latent_channels=6, init_from=str(first),
+                                                          steps=2, disc_start=100, sample_every=100,
+                                                          out_dir=str(tmp_path / "s2"))))
+    trained = load_vae(second)
+    assert trained.config.latent_channels == 6
+    assert trained.decoder.conv_in.conv.weight[:, 4:].abs().max() > 0  # zero at the start, moved by training
+
+    with pytest.raises(VidFusionError, match="latent_channels may grow"):
+        load_start_weights(CogVideoXVAE(vae_config(load_config(VAETrainConfig, None, dict(
+            SMALL_VAE, latent_channels=2, out_dir=str(tmp_path / "s3"))))), str(first))

@@ -107,7 +107,7 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     video, fps = _read_video_for(components, args.video)
     fps = args.fps or fps or generation_fps(components)
     out = interpolate(components, video, args.x, _request(args, components, args.prompt), fps,
-                      _context_guidance(args, components), progress=not args.quiet)
+                      _context_guidance(args, components), progress=not args.quiet, blend_start=args.blend_start)
     write_video(out, args.output, fps=fps * args.x)
     print(f"wrote {args.output} ({video.shape[0]} -> {out.shape[0]} frames, {fps:g} -> {fps * args.x:g} fps) in "
           f"{time.perf_counter() - start:.1f} s")
@@ -145,7 +145,8 @@ def cmd_eval_context(args: argparse.Namespace) -> None:
             print(f"wrote {args.sheet}")
         result.pop("videos")
     else:
-        result = context_eval.evaluate_interpolation(components, n=args.n, prompt=not args.no_prompt, **common)
+        result = context_eval.evaluate_interpolation(components, n=args.n, prompt=not args.no_prompt,
+                                                     blend_start=args.blend_start, **common)
         print(f"interpolation x4, {args.n} val clips, PSNR of the in-between frames: {result['psnr']:.2f} dB, "
               f"linear blending {result['blend_psnr']:.2f} dB; on moving pixels {result['moving_psnr']:.2f} vs "
               f"{result['moving_blend_psnr']:.2f} dB")
@@ -175,6 +176,12 @@ def drift_flags(p: argparse.ArgumentParser) -> None:
                    help="pixel noise on the context frames, [-1, 1] scale, as in training (e.g. 0.05; default 0)")
 
 
+def blend_start_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--blend-start", type=int, default=None, metavar="T",
+                   help="start each window from the linear blend of its keys noised to timestep T, instead of from "
+                        "pure noise (SDEdit; lower keeps more of the blend; see pipelines/interpolation.py)")
+
+
 def add_parsers(sub, eval_sub) -> None:
     ext = sub.add_parser("extend", help="continue a video chunk by chunk (masked-context model)")
     ext.add_argument("video")
@@ -194,6 +201,7 @@ def add_parsers(sub, eval_sub) -> None:
     itp.add_argument("-o", "--output", default="interpolated.mp4")
     itp.add_argument("--prompt", default="", help="caption of the video (optional)")
     itp.add_argument("--fps", type=float, default=None, help="input frame rate (default: the file's)")
+    blend_start_flag(itp)
     _sampling_flags(itp)
     itp.set_defaults(func=cmd_interpolate)
 
@@ -211,4 +219,5 @@ def add_parsers(sub, eval_sub) -> None:
             drift_flags(p)
         if name == "interp":
             p.add_argument("--no-prompt", action="store_true", help="interpolate without the caption")
+            blend_start_flag(p)
         p.set_defaults(func=cmd_eval_context)

@@ -25,6 +25,7 @@ from vidfusion.evaluation.reconstruction import psnr
 from vidfusion.io.pretrained import Components
 from vidfusion.io.video import to_uint8_frames
 from vidfusion.pipelines.interpolation import STEP, interpolate_x4
+from vidfusion.pipelines.interpolation import linear_blend as blend_frames
 from vidfusion.pipelines.long_video import long_video
 from vidfusion.pipelines.masked_context import first_frame_context, generate_with_context
 from vidfusion.pipelines.text_to_video import T2VRequest, sampling_default
@@ -133,16 +134,13 @@ def evaluate_long(components: Components, n: int = 20, chunks_x: int = 10, split
 
 def linear_blend(keys: np.ndarray, factor: int = STEP) -> np.ndarray:
     """uint8 keys [N, H, W, 3] -> [(N - 1) * factor + 1, H, W, 3], each in-between frame a linear mix of its keys."""
-    k = keys.astype(np.float32)
-    w = (np.arange(factor, dtype=np.float32) / factor)[None, :, None, None, None]
-    mixed = (1 - w) * k[:-1, None] + w * k[1:, None]
-    out = np.concatenate([mixed.reshape(-1, *k.shape[1:]), k[-1:]])
+    out = blend_frames(torch.from_numpy(keys), factor).numpy()
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
 def evaluate_interpolation(components: Components, n: int = 50, split: str = "val", seed: int = 0,
                            steps: int | None = None, guidance: float | None = None, context_scale: float = 1.0,
-                           prompt: bool = True, progress: bool = True) -> dict:
+                           prompt: bool = True, progress: bool = True, blend_start: int | None = None) -> dict:
     config = components.transformer.config
     frames = config.sample_frames
     rows = []
@@ -151,7 +149,8 @@ def evaluate_interpolation(components: Components, n: int = 50, split: str = "va
         truth = render(scene, (frames - 1) * STEP + 1)
         keys = truth[::STEP]
         request = _request(components, caption if prompt else "", steps, guidance, seed)
-        made = interpolate_x4(components, _to_model(keys), request, _fps(components), context_scale, progress=False)
+        made = interpolate_x4(components, _to_model(keys), request, _fps(components), context_scale, progress=False,
+                              blend_start=blend_start)
         outs = {"psnr": to_uint8_frames(made), "blend_psnr": linear_blend(keys)}
         between = np.ones(truth.shape[0], dtype=bool)
         between[::STEP] = False
@@ -165,5 +164,6 @@ def evaluate_interpolation(components: Components, n: int = 50, split: str = "va
         rows.append(row)
     keys = [k for k in rows[0] if k != "index"]
     return {**{k: _mean(r[k] for r in rows) for k in keys}, "rows": rows,
-            "settings": {"n": n, "split": split, "seed": seed, "prompt": prompt, "context_scale": context_scale}}
+            "settings": {"n": n, "split": split, "seed": seed, "prompt": prompt, "context_scale": context_scale,
+                         "blend_start": blend_start}}
 

@@ -35,7 +35,9 @@ from tqdm.auto import tqdm
 
 from vidfusion.diffusion.freeinit import freeinit_sample
 from vidfusion.diffusion.guidance import dynamic_cfg_scale
+from vidfusion.diffusion.prediction import add_noise
 from vidfusion.diffusion.samplers import make_sampler, timesteps_from
+from vidfusion.diffusion.schedule import alphas_cumprod, inference_timesteps
 from vidfusion.errors import VidFusionError
 from vidfusion.io.pretrained import Components
 from vidfusion.models.transformer import TransformerConfig
@@ -159,6 +161,11 @@ class Context:
     # Pixel noise (std, [-1, 1] scale) on the known frames before encoding, as every training sample had (sigma =
     # exp(N(-3, 0.5)), median 0.05). 0 = clean frames, the I2V recipe; long videos can use it against drift.
     noise_sigma: float = 0.0
+    # Start from these frames [T, 3, H, W] in [-1, 1] noised to `start_timestep` instead of from pure noise, running
+    # only the steps from there (SDEdit). Interpolation starts from the linear blend of its keys, whose static pixels
+    # are exact, so the model has only the moving ones left to redraw (pipelines/interpolation.py).
+    start_frames: torch.Tensor | None = None
+    start_timestep: int | None = None
 
 
 @torch.no_grad()
@@ -261,11 +268,36 @@ def generate_with_context(
                                     request.guidance_scale, context.guidance_scale, sampler, request.dynamic_cfg,
                                     generator, label if progress else False, model_fn, start)
 
-    if request.freeinit is None:
-        latents = sample(latents, request.num_steps, progress if isinstance(progress, str) else "sampling")
+    label = progress if isinstance(progress, str) else "sampling"
+    if context.start_frames is not None:
+        if request.freeinit is not None:
+            raise VidFusionError("a start video (SDEdit) and FreeInit both set the initial latents; use one of them")
+        start = start_latents(components, context, frames, height, width, device, request.num_steps)
+        latents = add_noise(alphas_cumprod(components.schedule), start, latents.float(),
+                            int(context.start_timestep)).to(dtype)
+        latents = sample(latents, request.num_steps, label, context.start_timestep)
+    elif request.freeinit is None:
+        latents = sample(latents, request.num_steps, label)
     else:
         latents = freeinit_sample(sample, latents, components.schedule, request.freeinit, request.num_steps, generator)
     return decode(components, latents)[0].transpose(0, 1).float().cpu()
+
+
+def start_latents(components: Components, context: Context, frames: int, height: int, width: int, device,
+                  num_steps: int) -> torch.Tensor:
+    """The scaled posterior mode [1, F, C, h, w] of `context.start_frames`; checks them and their timestep, which
+    must be on the `num_steps` sampling grid (`freeinit.entry_timestep` finds one)."""
+    start = context.start_frames
+    if tuple(start.shape) != (frames, 3, height, width):
+        raise VidFusionError(f"start frames have shape {list(start.shape)}; expected [{frames}, 3, {height}, {width}]")
+    grid = inference_timesteps(components.schedule, num_steps)
+    if context.start_timestep is None or int(context.start_timestep) not in grid.tolist():
+        raise VidFusionError(f"start timestep {context.start_timestep} is not on the {num_steps}-step grid "
+                             f"({grid.tolist()[:4]} ...); pick one with freeinit.entry_timestep")
+    vae = components.vae
+    param = next(vae.parameters())
+    z = vae.encode(start.transpose(0, 1)[None].to(device, param.dtype)).mode().float() * vae.config.scaling_factor
+    return z.permute(0, 2, 1, 3, 4)
 
 
 def first_frame_context(image: torch.Tensor, num_frames: int, fps: float = DEFAULT_FPS,

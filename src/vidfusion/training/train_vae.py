@@ -126,18 +126,57 @@ def noisy_latents(z: torch.Tensor, level: float, generator: torch.Generator) -> 
     return z + (u * n).to(z.device, z.dtype) * (level * z.detach().float().std()).to(z.dtype)
 
 
+def widened_latent_state(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], old: int,
+                         new: int) -> dict[str, torch.Tensor]:
+    """A `new`-latent-channel VAE's state that decodes exactly as the `old`-channel one's `state` does.
+
+    The encoder's output rows (means, then log-variances) keep their old values for the first `old` channels of
+    each half; the added means keep `target`'s fresh initialisation, scaled down, and the added log-variances
+    start at the old ones' mean bias. Every decoder weight that reads the latent (conv_in and the spatial norms'
+    conv_y / conv_b) gets zero columns for the added channels, so at step 0 the decoder ignores them and the
+    round trip is the old VAE's; training then moves information into them."""
+    out = {}
+    for key, fresh in target.items():
+        value = state[key]
+        if value.shape == fresh.shape:
+            out[key] = value.clone()
+        elif key.startswith("encoder.conv_out."):
+            mean, logvar = value.chunk(2, dim=0)
+            added_mean = fresh[old:new] * 0.1
+            if value.ndim == 1:
+                added_logvar = torch.full_like(logvar[: new - old], float(logvar.mean()))
+            else:
+                added_logvar = torch.zeros_like(fresh[old:new])
+            out[key] = torch.cat([mean, added_mean.to(value.dtype), logvar, added_logvar.to(value.dtype)])
+        elif value.ndim > 1 and value.shape[1] == old and fresh.shape[1] == new and value.shape[2:] == fresh.shape[2:]:
+            pad = torch.zeros(value.shape[0], new - old, *value.shape[2:], dtype=value.dtype)
+            out[key] = torch.cat([value, pad], dim=1)
+        else:
+            raise VidFusionError(f"cannot widen {key}: {list(value.shape)} -> {list(fresh.shape)}")
+    return out
+
+
 def load_start_weights(vae: CogVideoXVAE, folder: str) -> VAEConfig:
-    """Copy an exported VAE's weights into `vae` (same architecture) and return that export's config."""
+    """Copy an exported VAE's weights into `vae` (same architecture, or the same with more latent channels: see
+    `widened_latent_state`) and return that export's config."""
     path = Path(folder)
     if not (path / "config.json").is_file():
         raise VidFusionError(f"init_from={folder} is not an exported VAE folder (no config.json); pass e.g. "
                              f"runs/vae/export/vae")
     start = VAEConfig.from_dict(read_json(path / "config.json"))
-    if dataclasses.replace(start, scaling_factor=vae.config.scaling_factor, sample_height=vae.config.sample_height,
-                           sample_width=vae.config.sample_width) != vae.config:
+    same_but_size = dataclasses.replace(start, scaling_factor=vae.config.scaling_factor,
+                                        sample_height=vae.config.sample_height, sample_width=vae.config.sample_width)
+    widen = vae.config.latent_channels > start.latent_channels
+    if dataclasses.replace(same_but_size, latent_channels=vae.config.latent_channels) != vae.config or (
+            vae.config.latent_channels < start.latent_channels):
         raise VidFusionError(f"init_from={folder} has a different VAE architecture than this config; use the same "
-                             f"preset and channel settings as the run that exported it")
-    load_weights(vae, read_state_dict(path), path)
+                             f"preset and channel settings as the run that exported it (latent_channels may grow)")
+    state = read_state_dict(path)
+    if widen:
+        target = {k: v.detach().cpu() for k, v in vae.state_dict().items()}
+        state = widened_latent_state({k: v.float() for k, v in state.items()}, target, start.latent_channels,
+                                     vae.config.latent_channels)
+    load_weights(vae, state, path)
     return start
 
 
