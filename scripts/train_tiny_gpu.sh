@@ -255,16 +255,18 @@ widevae)  # does a wider latent keep shapes? From the shipped VAE, whole VAE tra
   # 16-channel control with the same steps; then world val PSNR and the adherence bound (whole clips, last frame) of each
   W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
   wide_args() {  # wide_args CHANNELS: one run's overrides (no value has a space)
-    echo preset=tiny $VAE_ARCH init_from=$W/vae latent_channels=$1 object_weight=${VAE_OBJECT_WEIGHT:-8} batch_size=8 \
-      lr=${VAE_LR:-1e-4} warmup_steps=50 disc_start=10000000 num_workers=7 sample_every=100000 ckpt_every=200 \
-      export_dtype=bf16
+    echo preset=tiny $VAE_ARCH init_from=$W/vae latent_channels=$1 object_weight=${VAE_OBJECT_WEIGHT:-8} \
+      batch_size=${WIDE_BATCH:-8} lr=${VAE_LR:-1e-4} warmup_steps=50 disc_start=10000000 \
+      num_workers=${WIDE_WORKERS:-7} sample_every=100000 ckpt_every=200 export_dtype=bf16
   }
-  for c in ${WIDE_CHANNELS:-32} 16; do
+  sizes="${WIDE_CHANNELS:-32} 16"
+  [ "${WIDE_CONTROL:-1}" = 1 ] || sizes="${WIDE_CHANNELS:-32}"  # WIDE_CONTROL=0: the wide run alone (batch 16 fits)
+  for c in $sizes; do
     vidfusion train vae --config configs/vae_tiny.toml out_dir=$R/wide$c progress=false steps=${WIDE_STEPS:-800} \
       $(wide_args $c) max_minutes=$(python3 -c "print(($(left) - 110) / 60)") > $R/wide$c.log &
   done
   wait
-  for c in ${WIDE_CHANNELS:-32} 16; do
+  for c in $sizes; do
     [ -d $R/wide$c/export/vae ] || finish $R/wide$c vae configs/vae_tiny.toml $(wide_args $c)
     tail -n 2 $R/wide$c.log; cp $R/wide$c/metrics.jsonl $OUT/wide${c}_metrics.jsonl
     vidfusion eval vae --model $R/wide$c/export/vae --world-n 50 --device cuda --json $OUT/wide${c}_eval.json | tail -n 2

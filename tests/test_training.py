@@ -575,7 +575,7 @@ def test_dit_pixel_loss_decodes_the_predicted_x0(tmp_path):
 
 def test_vae_widened_latent_starts_as_the_narrow_vae_and_trains(tmp_path):
     """latent_channels 4 -> 6 from a 4-channel export: at step 0 the round trip (posterior mode) is the old VAE's,
-    the old channels' means are unchanged, and one training step reaches the added channels' decoder columns."""
+    the old channels' means are unchanged, and training moves the added channels' decoder columns."""
     from vidfusion.models.vae import CogVideoXVAE
     from vidfusion.training.train_vae import load_start_weights, train, vae_config
 
@@ -592,15 +592,19 @@ def test_vae_widened_latent_starts_as_the_narrow_vae_and_trains(tmp_path):
         z_narrow = narrow.encode(clip).mode()
         z_wide = wide.encode(clip).mode()
         assert z_wide.shape[1] == 6 and torch.allclose(z_wide[:, :4], z_narrow, atol=1e-5)
-        assert z_wide[:, 4:].abs().max() > 0  # the added channels carry something for the decoder to learn from
+        assert torch.equal(z_wide[:, 4:], z_wide[:, :2])  # added channels 4, 5 copy channels 0, 1
         torch.testing.assert_close(wide.decode(z_wide), narrow.decode(z_narrow), atol=1e-5, rtol=0)
+    w_narrow, w_wide = narrow.decoder.conv_in.conv.weight, wide.decoder.conv_in.conv.weight
+    torch.testing.assert_close(w_wide[:, 0] + w_wide[:, 4], w_narrow[:, 0], atol=1e-6, rtol=0)  # split, zero-sum noise
+    torch.testing.assert_close(w_wide[:, 3], w_narrow[:, 3])  # a channel without a copy keeps its column
+    assert not torch.equal(w_wide[:, 0], w_wide[:, 4])  # the copies differ, so training can pull them apart
 
     second = train(load_config(VAETrainConfig, None, dict(SMALL_VAE, latent_channels=6, init_from=str(first),
                                                           steps=2, disc_start=100, sample_every=100,
                                                           out_dir=str(tmp_path / "s2"))))
     trained = load_vae(second)
     assert trained.config.latent_channels == 6
-    assert trained.decoder.conv_in.conv.weight[:, 4:].abs().max() > 0  # zero at the start, moved by training
+    assert not torch.equal(trained.decoder.conv_in.conv.weight[:, 4:], w_wide[:, 4:])
 
     with pytest.raises(VidFusionError, match="latent_channels may grow"):
         load_start_weights(CogVideoXVAE(vae_config(load_config(VAETrainConfig, None, dict(
