@@ -101,6 +101,9 @@ class VAETrainConfig(TrainConfig):
     # decoder recipe); the export then keeps the start folder's scaling_factor.
     init_from: str = ""
     train_encoder: bool = True
+    # When latent_channels is larger than init_from's, the added channels start as copies (train_vae.py
+    # widened_latent_state); the copies' decoder columns differ by zero-sum noise of this many column stds.
+    widen_noise: float = 0.1
     # Random crops (frames, pixels) of the rendered clips for cheap early training; None = whole clips. The VAE is
     # convolutional, so crops teach the same kernels at a fraction of the cost; finish at full size.
     crop_frames: int | None = None

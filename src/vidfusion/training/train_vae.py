@@ -127,7 +127,7 @@ def noisy_latents(z: torch.Tensor, level: float, generator: torch.Generator) -> 
 
 
 def widened_latent_state(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], old: int,
-                         new: int, noise: float = 1e-3, seed: int = 0) -> dict[str, torch.Tensor]:
+                         new: int, noise: float = 0.1, seed: int = 0) -> dict[str, torch.Tensor]:
     """A `new`-latent-channel VAE's state that decodes exactly as the `old`-channel one's `state` does (Net2Net's
     wider layer, Chen et al. 2016).
 
@@ -137,7 +137,8 @@ def widened_latent_state(state: dict[str, torch.Tensor], target: dict[str, torch
     With the posterior mode the copies hold equal values, so the round trip is the old VAE's to rounding; the noise
     makes the copies' decoder columns differ, so their gradients differ and training can pull them apart. (Zero
     columns and a near-zero added encoder row, tried first, start the same but leave both with almost no gradient:
-    after 800 steps the added channels were 30x smaller than the old ones and unused.)"""
+    after 800 steps the added channels were 30x smaller than the old ones and unused. Noise of 1e-3 column stds left
+    the copies within 0.2% of each other after 850 steps at batch 16, so the default is 0.1.)"""
     source = [k if k < old else (k - old) % old for k in range(new)]
     groups = [[k for k in range(new) if source[k] == i] for i in range(old)]
     generator = torch.Generator().manual_seed(seed)
@@ -163,7 +164,7 @@ def widened_latent_state(state: dict[str, torch.Tensor], target: dict[str, torch
     return out
 
 
-def load_start_weights(vae: CogVideoXVAE, folder: str) -> VAEConfig:
+def load_start_weights(vae: CogVideoXVAE, folder: str, widen_noise: float = 0.1) -> VAEConfig:
     """Copy an exported VAE's weights into `vae` (same architecture, or the same with more latent channels: see
     `widened_latent_state`) and return that export's config."""
     path = Path(folder)
@@ -182,7 +183,7 @@ def load_start_weights(vae: CogVideoXVAE, folder: str) -> VAEConfig:
     if widen:
         target = {k: v.detach().cpu() for k, v in vae.state_dict().items()}
         state = widened_latent_state({k: v.float() for k, v in state.items()}, target, start.latent_channels,
-                                     vae.config.latent_channels)
+                                     vae.config.latent_channels, widen_noise)
     load_weights(vae, state, path)
     return start
 
@@ -204,7 +205,7 @@ def train(cfg: VAETrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     config = vae_config(cfg)
     vae = CogVideoXVAE(config).to(device).train()
-    start_config = load_start_weights(vae, cfg.init_from) if cfg.init_from else None
+    start_config = load_start_weights(vae, cfg.init_from, cfg.widen_noise) if cfg.init_from else None
     vae.encoder.requires_grad_(cfg.train_encoder)
     disc = PatchDiscriminator3D(config.out_channels, cfg.disc_channels).to(device).train()
     ema = EMA(vae, cfg.ema_decay)
