@@ -341,6 +341,12 @@ def test_freeinit_pool_pairs_each_video_with_its_own_plain_row_and_pools_files()
 def test_later_passes_run_only_the_steps_below_the_renoise_level(shipped, from_top):
     """3 steps (grid 999, 666, 332), default level 820: pass 2 enters at 666 and runs 666 and 332; from the top it
     runs all three. The model sees exactly those timesteps (the masked-context sampling loop)."""
+    settings = FreeInitSettings(passes=2, start_at_renoise=not from_top)
+    assert timesteps_seen(shipped, settings) == [999, 666, 332] + ([999, 666, 332] if from_top else [666, 332])
+
+
+def timesteps_seen(components, settings: FreeInitSettings) -> list[int]:
+    """The timesteps at which the model is called in a small() text-to-video run with these FreeInit settings."""
     seen = []
 
     def record(model_fn):
@@ -349,9 +355,8 @@ def test_later_passes_run_only_the_steps_below_the_renoise_level(shipped, from_t
             return model_fn(x, c, t)
         return wrapped
 
-    settings = FreeInitSettings(passes=2, start_at_renoise=not from_top)
-    text_to_video(shipped, small(freeinit=settings), progress=False, wrap_model_fn=record)
-    assert seen == [999, 666, 332] + ([999, 666, 332] if from_top else [666, 332])
+    text_to_video(components, small(freeinit=settings), progress=False, wrap_model_fn=record)
+    return seen
 
 
 def test_timesteps_from_a_start_timestep_are_the_tail_of_the_schedule():
@@ -378,18 +383,9 @@ def test_equal_steps_runs_num_steps_below_the_renoise_level_on_a_finer_grid(ship
     freeinit_sample(sampler, noise, SCHEDULE, FreeInitSettings(passes=2, equal_steps=True), 25)
     assert [c[1:] for c in sampler.calls] == [(25, "pass 1/2", None), (31, "pass 2/2", 805)]
 
-    seen = []
-
-    def record(model_fn):
-        def wrapped(x, c, t):
-            seen.append(int(t[0]))
-            return model_fn(x, c, t)
-        return wrapped
-
-    settings = FreeInitSettings(passes=2, equal_steps=True, renoise_timestep=820)
-    text_to_video(shipped, small(freeinit=settings), progress=False, wrap_model_fn=record)
     # small() samples 3 steps: 999, 666, 332; pass 2 needs 3 timesteps <= 820 -> the 4-step grid 999, 749, 499, 249.
-    assert seen == [999, 666, 332, 749, 499, 249]
+    settings = FreeInitSettings(passes=2, equal_steps=True, renoise_timestep=820)
+    assert timesteps_seen(shipped, settings) == [999, 666, 332, 749, 499, 249]
 
 
 def test_sweep_exposure_counts_clipped_pixels_of_a_blown_out_video():
