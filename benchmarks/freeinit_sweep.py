@@ -9,9 +9,9 @@ metric's mean and its paired difference from plain sampling with a standard erro
 pass, which is plain sampling bit for bit. Later passes enter the --steps grid at the re-noise level and run its
 steps from there (20 of 25 at t = 820); --equal-steps 1 runs --steps steps there on a finer grid, --from-top 1 the
 whole grid from t = 999, --coarse-to-fine fewer steps on earlier passes. Per video it also records exposure
-(brightness, contrast, the share of clipped pixels), which shows blown-out videos. Videos are generated --batch prompts at a time (the pipeline's own steps: `encode_prompts`,
-`initial_noise` per seed as `text_to_video` draws it, `denoise`, `decode`); seconds per video are the batch's
-generation wall time divided by its size, scoring excluded.
+(brightness, contrast, the share of clipped pixels), which shows blown-out videos. Videos are generated --batch
+prompts at a time (the pipeline's own steps: `encode_prompts`, `initial_noise` per seed as `text_to_video` draws it,
+`denoise`, `decode`); seconds per video are the batch's generation wall time divided by its size, scoring excluded.
 
 Metrics per video: `evaluation.temporal` (frame consistency with the shipped VAE's features, DIS flicker and motion)
 and `evaluation.adherence.score_video` against `world.prompt_attributes`; "adherence" is the mean of the asserted

@@ -19,7 +19,12 @@ from vidfusion.diffusion.freeinit import (
     timestep_for_alphabar,
 )
 from vidfusion.diffusion.prediction import add_noise
-from vidfusion.diffusion.schedule import COGVIDEOX_2B_SCHEDULE, COGVIDEOX_5B_SCHEDULE, alphas_cumprod, inference_timesteps
+from vidfusion.diffusion.schedule import (
+    COGVIDEOX_2B_SCHEDULE,
+    COGVIDEOX_5B_SCHEDULE,
+    alphas_cumprod,
+    inference_timesteps,
+)
 from vidfusion.errors import VidFusionError
 from vidfusion.pipelines.text_to_video import T2VRequest, text_to_video
 

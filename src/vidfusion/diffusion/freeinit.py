@@ -93,9 +93,9 @@ have over half their pixels clipped to white or black; plain sampling, none). Ne
 box), nor 2 or 5 passes, nor `equal_steps` lower flicker by more than 1.5 standard errors (docs/freeinit.md). The
 likely reason: FreeInit closes the gap between training noise, which keeps low frequencies, and inference noise;
 zero terminal SNR already closes it (the model is trained on pure noise at t = 999), so a later pass only re-samples
-with the first pass's layout kept, and its fresh high frequencies change from frame to frame as freely as before. 820 stays the default: the most consistency with unchanged flicker. Pooled
-with two out-of-sample runs (seeds 2 and 3; prompts 100-199), 600 videos: consistency +0.35 +- 0.04, flicker
-+0.14 +- 0.06, adherence +1.9 +- 0.8.
+with the first pass's layout kept, and its fresh high frequencies change from frame to frame as freely as before.
+820 stays the default: the most consistency with unchanged flicker. Pooled with two out-of-sample runs (seeds 2 and
+3; prompts 100-199), 600 videos: consistency +0.35 +- 0.04, flicker +0.14 +- 0.06, adherence +1.9 +- 0.8.
 
 The measurements before session 11 sampled later passes from the top. Why 820 and not the paper's level then: on
 the shipped model (tiny-t2v v4), 100 held-out prompts, 3 Butterworth passes against plain sampling
