@@ -164,6 +164,6 @@ def evaluate_interpolation(components: Components, n: int = 50, split: str = "va
         rows.append(row)
     keys = [k for k in rows[0] if k != "index"]
     return {**{k: _mean(r[k] for r in rows) for k in keys}, "rows": rows,
-            "settings": {"n": n, "split": split, "seed": seed, "prompt": prompt, "context_scale": context_scale,
-                         "blend_start": blend_start}}
+            "settings": {"n": n, "split": split, "seed": seed, "prompt": prompt, "guidance": request.guidance_scale,
+                         "context_scale": context_scale, "blend_start": blend_start}}
 
