@@ -17,6 +17,7 @@ import torch
 from vidfusion.cli import SHIPPED_MODEL
 from vidfusion.data.world import eval_split, prompt_attributes
 from vidfusion.evaluation.adherence import format_summary, score_video, summarise
+from vidfusion.evaluation.context_eval import colour_shape_groups
 from vidfusion.evaluation.reconstruction import reconstruct
 from vidfusion.io.pretrained import load_vae
 
@@ -39,7 +40,7 @@ def main() -> None:
         decoded = reconstruct(vae, clip.video)
         truth.append(score_video(clip.video, attributes))
         through_vae.append(score_video(decoded, attributes))
-        groups = {"objects": [{"colour": g["colour"], "shape": g["shape"]} for g in attributes["objects"]]}
+        groups = colour_shape_groups(attributes)
         last_truth.append(score_video(clip.video[-1:], groups))
         last_vae.append(score_video(decoded[-1:], groups))
         if last_vae[-1]["shape"] < 1 and len(misses) < 6:

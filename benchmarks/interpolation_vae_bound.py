@@ -17,15 +17,10 @@ import torch
 
 from vidfusion.cli import SHIPPED_MODEL
 from vidfusion.data.world import render, scene_and_caption
-from vidfusion.evaluation.context_eval import linear_blend
+from vidfusion.evaluation.context_eval import linear_blend, moving_psnr
 from vidfusion.evaluation.reconstruction import psnr, reconstruct
 from vidfusion.io.pretrained import load_vae
 from vidfusion.pipelines.interpolation import STEP
-
-
-def moving_psnr(video: np.ndarray, truth: np.ndarray, moving: np.ndarray) -> float:
-    err = ((video.astype(np.float64) - truth) ** 2 * moving).sum() / max(3 * moving.sum(), 1)
-    return float(10 * np.log10(255.0**2 / max(err, 1e-10)))
 
 
 def main() -> None:

@@ -364,3 +364,15 @@ def test_interpolation_blend_start_gives_each_window_its_keys_blend_and_a_grid_t
     with pytest.raises(VidFusionError, match="is not a timestep"):
         interpolation.interpolate(components, keys, 4, T2VRequest("", num_steps=4), fps=8.0, progress=False,
                                   blend_start=1000)
+
+
+def test_moving_psnr_counts_only_the_marked_pixels():
+    from vidfusion.evaluation.context_eval import moving_psnr
+
+    truth = np.zeros((2, 4, 4, 3), dtype=np.float64)
+    video = np.zeros((2, 4, 4, 3), dtype=np.uint8)
+    video[:, :2] = 10  # error 10 on the top half ...
+    video[:, 2:] = 200  # ... and a large error elsewhere, which the mask leaves out
+    moving = np.zeros((2, 4, 4, 1), dtype=bool)
+    moving[:, :2] = True
+    assert moving_psnr(video, truth, moving) == pytest.approx(10 * np.log10(255.0**2 / 100.0))

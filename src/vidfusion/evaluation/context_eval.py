@@ -52,6 +52,17 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def colour_shape_groups(attributes: dict) -> dict:
+    """The scene's object groups with only colour and shape: what a single frame can show (I2V's last frame)."""
+    return {"objects": [{"colour": g["colour"], "shape": g["shape"]} for g in attributes["objects"]]}
+
+
+def moving_psnr(video: np.ndarray, truth: np.ndarray, moving: np.ndarray) -> float:
+    """PSNR over the pixels where `moving` [..., 1] is set (all three channels of each)."""
+    err = ((video.astype(np.float64) - truth) ** 2 * moving).sum() / max(3 * moving.sum(), 1)
+    return float(10 * np.log10(255.0**2 / max(err, 1e-10)))
+
+
 def evaluate_i2v(components: Components, n: int = 100, split: str = "heldout", seed: int = 0,
                  steps: int | None = None, guidance: float | None = None, context_scale: float = 1.0,
                  progress: bool = True) -> dict:
@@ -64,8 +75,7 @@ def evaluate_i2v(components: Components, n: int = 100, split: str = "heldout", s
         video = generate_with_context(components, request, first_frame_context(image, frames, _fps(components),
                                                                                 context_scale), progress=False)
         out = to_uint8_frames(video)
-        groups = [{"colour": g["colour"], "shape": g["shape"]} for g in prompt_attributes(s.scene)["objects"]]
-        last = score_video(out[-1:], {"objects": groups})
+        last = score_video(out[-1:], colour_shape_groups(prompt_attributes(s.scene)))
         rows.append({"index": index, "prompt": s.caption, "first_frame_psnr": psnr(out[0], s.video[0]),
                      "last_colour": last["colour"], "last_shape": last["shape"]})
     return {
@@ -159,8 +169,7 @@ def evaluate_interpolation(components: Components, n: int = 50, split: str = "va
         row = {"index": index}
         for name, video in outs.items():
             row[name] = psnr(video[between], truth[between])
-            err = ((video[between].astype(np.float64) - truth_b) ** 2 * moving).sum() / max(3 * moving.sum(), 1)
-            row["moving_" + name] = float(10 * np.log10(255.0**2 / max(err, 1e-10)))
+            row["moving_" + name] = moving_psnr(video[between], truth_b, moving)
         rows.append(row)
     keys = [k for k in rows[0] if k != "index"]
     return {**{k: _mean(r[k] for r in rows) for k in keys}, "rows": rows,

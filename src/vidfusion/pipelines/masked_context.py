@@ -294,10 +294,8 @@ def start_latents(components: Components, context: Context, frames: int, height:
     if context.start_timestep is None or int(context.start_timestep) not in grid.tolist():
         raise VidFusionError(f"start timestep {context.start_timestep} is not on the {num_steps}-step grid "
                              f"({grid.tolist()[:4]} ...); pick one with freeinit.entry_timestep")
-    vae = components.vae
-    param = next(vae.parameters())
-    z = vae.encode(start.transpose(0, 1)[None].to(device, param.dtype)).mode().float() * vae.config.scaling_factor
-    return z.permute(0, 2, 1, 3, 4)
+    every = torch.ones(1, frames, dtype=torch.bool, device=device)
+    return encode_context(components.vae, start.transpose(0, 1)[None].to(device), every)[0]
 
 
 def first_frame_context(image: torch.Tensor, num_frames: int, fps: float = DEFAULT_FPS,

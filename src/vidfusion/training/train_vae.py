@@ -126,7 +126,7 @@ def noisy_latents(z: torch.Tensor, level: float, generator: torch.Generator) -> 
     return z + (u * n).to(z.device, z.dtype) * (level * z.detach().float().std()).to(z.dtype)
 
 
-def widened_latent_state(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], old: int,
+def widened_latent_state(state: dict[str, torch.Tensor], shapes: dict[str, torch.Size], old: int,
                          new: int, noise: float = 0.1, seed: int = 0) -> dict[str, torch.Tensor]:
     """A `new`-latent-channel VAE's state that decodes exactly as the `old`-channel one's `state` does (Net2Net's
     wider layer, Chen et al. 2016).
@@ -143,14 +143,14 @@ def widened_latent_state(state: dict[str, torch.Tensor], target: dict[str, torch
     groups = [[k for k in range(new) if source[k] == i] for i in range(old)]
     generator = torch.Generator().manual_seed(seed)
     out = {}
-    for key, fresh in target.items():
+    for key, shape in shapes.items():
         value = state[key]
-        if value.shape == fresh.shape:
+        if value.shape == shape:
             out[key] = value.clone()
         elif key.startswith("encoder.conv_out."):
             mean, logvar = value.chunk(2, dim=0)
             out[key] = torch.cat([mean[source], logvar[source]])
-        elif value.ndim > 1 and value.shape[1] == old and fresh.shape[1] == new and value.shape[2:] == fresh.shape[2:]:
+        elif value.ndim > 1 and value.shape[1] == old and shape[1] == new and value.shape[2:] == shape[2:]:
             widened = torch.empty(value.shape[0], new, *value.shape[2:], dtype=value.dtype)
             for i, group in enumerate(groups):
                 column = value[:, i]
@@ -160,7 +160,7 @@ def widened_latent_state(state: dict[str, torch.Tensor], target: dict[str, torch
                     widened[:, k] = column / len(group) + j.to(value.dtype)
             out[key] = widened
         else:
-            raise VidFusionError(f"cannot widen {key}: {list(value.shape)} -> {list(fresh.shape)}")
+            raise VidFusionError(f"cannot widen {key}: {list(value.shape)} -> {list(shape)}")
     return out
 
 
@@ -172,18 +172,17 @@ def load_start_weights(vae: CogVideoXVAE, folder: str, widen_noise: float = 0.1)
         raise VidFusionError(f"init_from={folder} is not an exported VAE folder (no config.json); pass e.g. "
                              f"runs/vae/export/vae")
     start = VAEConfig.from_dict(read_json(path / "config.json"))
-    same_but_size = dataclasses.replace(start, scaling_factor=vae.config.scaling_factor,
-                                        sample_height=vae.config.sample_height, sample_width=vae.config.sample_width)
-    widen = vae.config.latent_channels > start.latent_channels
-    if dataclasses.replace(same_but_size, latent_channels=vae.config.latent_channels) != vae.config or (
-            vae.config.latent_channels < start.latent_channels):
+    c = vae.config
+    comparable = dataclasses.replace(start, scaling_factor=c.scaling_factor, sample_height=c.sample_height,
+                                     sample_width=c.sample_width, latent_channels=c.latent_channels)
+    if comparable != c or c.latent_channels < start.latent_channels:
         raise VidFusionError(f"init_from={folder} has a different VAE architecture than this config; use the same "
                              f"preset and channel settings as the run that exported it (latent_channels may grow)")
     state = read_state_dict(path)
-    if widen:
-        target = {k: v.detach().cpu() for k, v in vae.state_dict().items()}
-        state = widened_latent_state({k: v.float() for k, v in state.items()}, target, start.latent_channels,
-                                     vae.config.latent_channels, widen_noise)
+    if c.latent_channels > start.latent_channels:
+        shapes = {k: v.shape for k, v in vae.state_dict().items()}
+        state = widened_latent_state({k: v.float() for k, v in state.items()}, shapes, start.latent_channels,
+                                     c.latent_channels, widen_noise)
     load_weights(vae, state, path)
     return start
 
