@@ -20,6 +20,9 @@
 #                                               # (SHAPE_CONTRAST=0: the control; SC_INIT: start from another export; SC_DIR: its run folder)
 #   DEVCARRY=/tmp/dc PIX_PARTIAL=1 bash scripts/train_tiny_gpu.sh pixloss   # the shipped transformer with the
 #                                               # pixel loss, PIX_LEVELS side by side; without PIX_PARTIAL it exports
+#   DEVCARRY=/tmp/dc PROBE_PARTIAL=1 bash scripts/train_tiny_gpu.sh probe   # the shipped transformer with the
+#                                               # attribute probe, PROBE_LEVELS side by side; without PROBE_PARTIAL
+#                                               # it finishes, exports and scores each (PROBE_BRING: which comes back)
 #   bash scripts/train_tiny_gpu.sh robdec       # noise-robust decoders from the shipped VAE (two latent_noise
 #                                               # levels side by side, ROB_LEVELS), each scored clean and noisy
 #   bash scripts/train_tiny_gpu.sh taskmix      # masked-context DiT (T2V/I2V/extend/interpolate) widened from the
@@ -235,6 +238,38 @@ pixloss)  # the shipped transformer with the pixel loss (train_dit.py pixel_loss
   if [ -z "${PIX_PARTIAL:-}" ]; then
     b=${PIX_BRING:-${levels[0]}}
     bring_back pix${b}_transformer $R/pix$b/export/transformer
+  fi
+  ;;
+probe)  # the shipped transformer with the attribute probe (train_dit.py attribute_loss), one run per weight in
+  # PROBE_LEVELS side by side (0: a control); otherwise as shapecon's control. PROBE_PARTIAL=1 trains until the call's
+  # time is up and keeps the checkpoints (the next call, on the same machine, resumes); without it every run is
+  # finished and exported, each scored on 200 held-out prompts, and the transformer of PROBE_BRING comes back
+  W=${SHIPPED:-src/vidfusion/weights/tiny-t2v}
+  levels=(${PROBE_LEVELS:-0.02 0.1})
+  for level in "${levels[@]}"; do
+    args=($(finetune_args ${PROBE_INIT:-$W/transformer}) attribute_loss=$level
+          attribute_layer=${PROBE_LAYER:-4} num_workers=7 ckpt_every=250)
+    ( vidfusion train dit --config configs/dit_tiny.toml out_dir=$R/probe$level progress=false \
+        steps=${PROBE_STEPS:-2000} "${args[@]}" max_minutes=$(python3 -c "print(($(left) - 70) / 60)") \
+        > $R/probe$level.log
+      if [ -z "${PROBE_PARTIAL:-}" ]; then
+        [ -f $R/probe$level/export/model_index.json ] \
+          || finish $R/probe$level dit configs/dit_tiny.toml "${args[@]}" >> $R/probe$level.log
+        vidfusion eval adherence --model $R/probe$level/export -n 200 --device cuda -q \
+          --json $R/probe${level}_adherence.json >> $R/probe$level.log
+      fi ) &
+  done
+  wait
+  L=$R/probelogs; mkdir -p $L  # $OUT takes 8 files: the logs come back as one tar
+  for level in "${levels[@]}"; do
+    tail -n 9 $R/probe$level.log
+    cp $R/probe$level.log $L/
+    cp $R/probe$level/metrics.jsonl $L/probe${level}_metrics.jsonl || true
+    cp $R/probe${level}_adherence.json $L/ || true
+  done
+  tar -C $R -cf $OUT/probelogs.tar probelogs
+  if [ -z "${PROBE_PARTIAL:-}" ] && [ -n "${PROBE_BRING:-}" ]; then
+    bring_back probe${PROBE_BRING}_transformer $R/probe$PROBE_BRING/export/transformer
   fi
   ;;
 objvae)  # v4 VAE stage A (one call): needs the shipped weights in the tree, no text encoder

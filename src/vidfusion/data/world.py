@@ -41,7 +41,7 @@ __all__ = [
     "BackgroundSpec", "ObjectSpec", "SceneSpec", "Sample", "SHAPES", "COLOURS", "PALETTE", "SIZES", "MOTIONS",
     "DIRECTIONS", "BACKGROUNDS", "PANS", "SPLITS", "HELDOUT_PAIRS", "sample_scene", "render", "caption",
     "parse_prompt", "uses_heldout_phrasing", "prompt_attributes", "is_train_legal", "scene_and_caption", "sample",
-    "train_stream", "eval_split", "object_masks", "shape_swapped_caption",
+    "train_stream", "eval_split", "object_masks", "object_id_maps", "shape_swapped_caption",
 ]
 
 SHAPES = ("circle", "square", "triangle", "star", "cross")
@@ -441,6 +441,25 @@ def object_masks(scene: SceneSpec, num_frames: int = 17, height: int = 128, widt
         for points in _polygons(scene, states, i, 2 * height, 2 * width):
             cv2.fillPoly(big[i], [points], 255, lineType=cv2.LINE_AA, shift=4)
     return (big[:, ::2, ::2] | big[:, 1::2, ::2] | big[:, ::2, 1::2] | big[:, 1::2, 1::2]) > 0
+
+
+def object_id_maps(scene: SceneSpec, num_frames: int = 17, height: int = 128, width: int = 128,
+                   times: np.ndarray | None = None) -> np.ndarray:
+    """Which object each pixel shows: uint8 `[num_frames, height, width]`, i + 1 where `scene.objects[i]` covers the
+    pixel's centre and 0 elsewhere (objects never overlap, so no pixel has two). Training reads each latent token's
+    share of every object from it (training/attribute_probe.py)."""
+    if times is not None:
+        num_frames = np.asarray(times).size
+    _check_size(num_frames, height, width)
+    if times is None:
+        times = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
+    states = [object_state(obj, np.asarray(times, dtype=np.float64)) for obj in scene.objects]
+    ids = np.zeros((num_frames, height, width), dtype=np.uint8)
+    for i in range(num_frames):
+        for k, points in enumerate(_polygons(scene, states, i, height, width)):
+            # -1/4 pixel: `object_masks` draws at 2x, where a pixel's two sub-pixel centres sit at +0 and +1/2.
+            cv2.fillPoly(ids[i], [points - 4], k + 1, lineType=cv2.LINE_8, shift=4)
+    return ids
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -25,9 +25,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from vidfusion.data.world import object_masks, shape_swapped_caption
+from vidfusion.data.world import object_id_maps, object_masks, shape_swapped_caption
 from vidfusion.data.world import sample as world_sample
 from vidfusion.errors import VidFusionError
+from vidfusion.training.attribute_probe import object_classes, token_fractions
 
 # ------------------------------------------------------------------------------------------------------------------
 # device, precision, randomness
@@ -145,12 +146,13 @@ class EMA:
 class WorldClips(Dataset):
     """Sample `i` of the train split: {"video": uint8 [3, T, H, W], "caption": str}. Converting to float happens on
     the device, so workers and pinned memory move 4x fewer bytes. With `with_masks` also "objects": bool [T, H, W]
-    (world.object_masks), with `with_swaps` "swapped_caption": str (world.shape_swapped_caption)."""
+    (world.object_masks), with `with_swaps` "swapped_caption": str (world.shape_swapped_caption), with `labels`
+    (temporal, cell) the attribute probe's "object_fractions" and "object_classes" (training/attribute_probe.py)."""
 
     def __init__(self, seed: int, num_frames: int, height: int, width: int, split: str = "train",
-                 with_masks: bool = False, with_swaps: bool = False):
+                 with_masks: bool = False, with_swaps: bool = False, labels: tuple[int, int] | None = None):
         self.seed, self.num_frames, self.height, self.width, self.split = seed, num_frames, height, width, split
-        self.with_masks, self.with_swaps = with_masks, with_swaps
+        self.with_masks, self.with_swaps, self.labels = with_masks, with_swaps, labels
 
     def __len__(self) -> int:
         return 2**62
@@ -163,6 +165,8 @@ class WorldClips(Dataset):
             item["objects"] = torch.from_numpy(object_masks(s.scene, self.num_frames, self.height, self.width))
         if self.with_swaps:
             item["swapped_caption"] = shape_swapped_caption(index, self.split, self.seed)
+        if self.labels:
+            item.update(probe_labels(s.scene, self.num_frames, self.height, self.width, self.labels))
         return item
 
 
@@ -198,6 +202,14 @@ def make_loader(dataset: Dataset, first_sample: int, num_steps: int, batch_size:
         worker_init_fn=_worker_init if num_workers > 0 else None,
         drop_last=True,
     )
+
+
+def probe_labels(scene, num_frames: int, height: int, width: int, labels: tuple[int, int],
+                 times: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    """The attribute probe's targets for one scene: object shares per token and the objects' classes."""
+    ids = object_id_maps(scene, num_frames, height, width, times)
+    return {"object_fractions": torch.from_numpy(token_fractions(ids, *labels)),
+            "object_classes": torch.from_numpy(object_classes(scene))}
 
 
 def to_model_range(video_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -205,6 +205,12 @@ class DiTTrainConfig(TrainConfig):
     pixel_loss: float = 0.0
     pixel_loss_clips: int = 4
     pixel_loss_max_t: int = 400
+    # Attribute probe (training/attribute_probe.py): weight of the cross-entropy of a head that reads the video tokens
+    # after block attribute_layer (1..num_layers) and predicts each token's shape, colour and motion shares from the
+    # world's ground truth; 0 = off. The head is checkpointed but never exported.
+    attribute_loss: float = 0.0
+    attribute_layer: int = 4
+    attribute_hidden: int = 512
     sample_prompts: tuple[str, ...] = field(default_factory=lambda: DEFAULT_PROMPTS)
     sample_steps: int = 20
     sample_guidance: float = 6.0
@@ -239,6 +245,11 @@ class DiTTrainConfig(TrainConfig):
             raise VidFusionError(f"pixel_loss={self.pixel_loss} must be >= 0, pixel_loss_clips="
                                  f"{self.pixel_loss_clips} >= 1 and pixel_loss_max_t={self.pixel_loss_max_t} in "
                                  f"(0, 1000]; e.g. pixel_loss=1 pixel_loss_clips=4 pixel_loss_max_t=400")
+        bad_layer = self.attribute_loss > 0 and not 1 <= self.attribute_layer <= self.num_layers
+        if self.attribute_loss < 0 or bad_layer or self.attribute_hidden < 1:
+            raise VidFusionError(f"attribute_loss={self.attribute_loss} must be >= 0, attribute_layer="
+                                 f"{self.attribute_layer} in 1..num_layers={self.num_layers} and attribute_hidden="
+                                 f"{self.attribute_hidden} >= 1; e.g. attribute_loss=0.05 attribute_layer=4")
         if self.task_mix:
             from vidfusion.training.task_mix import check_task_settings
 

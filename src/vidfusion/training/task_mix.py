@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from vidfusion.data.world import object_masks, render, scene_and_caption, shape_swapped_caption
 from vidfusion.errors import VidFusionError
+from vidfusion.training.common import probe_labels
 
 TASKS = ("t2v", "i2v", "extend", "interpolate")
 KEY_EVERY = 4  # interpolation key frames are every 4th frame (one per latent frame of the causal VAE)
@@ -76,16 +77,17 @@ def sample_task(rng: np.random.Generator, weights: Sequence[float], extend_frame
 class TaskMixClips(Dataset):
     """Sample `i`: {"video": uint8 [3, T, H, W], "caption": str, "known": bool [T], "fps": float, "task": int}, and
     with `with_masks` "objects": bool [T, H, W] (world.object_masks), with `with_swaps` "swapped_caption": str
-    (world.shape_swapped_caption)."""
+    (world.shape_swapped_caption), with `labels` the attribute probe's targets (common.probe_labels)."""
 
     def __init__(self, seed: int, num_frames: int, height: int, width: int, weights: Sequence[float],
                  extend_frames: Sequence[int], interp_fps: Sequence[float], base_fps: float,
-                 context_dropout: float, with_masks: bool = False, with_swaps: bool = False):
+                 context_dropout: float, with_masks: bool = False, with_swaps: bool = False,
+                 labels: tuple[int, int] | None = None):
         check_task_settings(weights, extend_frames, interp_fps, base_fps, num_frames)
         self.seed, self.num_frames, self.height, self.width = seed, num_frames, height, width
         self.weights, self.extend_frames, self.interp_fps = tuple(weights), tuple(extend_frames), tuple(interp_fps)
         self.base_fps, self.context_dropout, self.with_masks = base_fps, context_dropout, with_masks
-        self.with_swaps = with_swaps
+        self.with_swaps, self.labels = with_swaps, labels
 
     def __len__(self) -> int:
         return 2**62
@@ -102,4 +104,6 @@ class TaskMixClips(Dataset):
             item["objects"] = torch.from_numpy(object_masks(scene, self.num_frames, self.height, self.width, times))
         if self.with_swaps:
             item["swapped_caption"] = shape_swapped_caption(index, "train", self.seed)
+        if self.labels:
+            item.update(probe_labels(scene, self.num_frames, self.height, self.width, self.labels, times))
         return item

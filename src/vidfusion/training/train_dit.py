@@ -41,6 +41,11 @@ Measured in session 11 (2,000 steps from v4, 4 clips, t < 400): lambda 0.2 score
 against 14.4% for session 9's control (+3.0 +- 2.1 and +0.3 +- 2.2 points paired); the pixel term itself did not
 fall during either run (0.078 -> 0.082). Off by default.
 
+`attribute_loss` lambda > 0 adds lambda * the attribute probe's cross-entropy (training/attribute_probe.py): a head on
+the video tokens after block `attribute_layer` predicts each token's shape, colour and motion shares from the world's
+ground truth, so the middle layers must carry the caption's words to the object's place (REPA's idea, with the
+world's labels for the representation). The head has its own optimiser, is checkpointed, and is never exported.
+
 With `task_mix` set the model is a masked-context model (pipelines/masked_context.py): each batch also carries which
 frames are known and a frame rate (training/task_mix.py); the known frames are encoded (with pixel noise) into context
 latents, concatenated with the noisy latents and the mask, and the frame rate goes to the ofs embedding. The loss is
@@ -78,6 +83,7 @@ from vidfusion.pipelines.text_to_video import (
     encode_prompts,
     initial_noise,
 )
+from vidfusion.training.attribute_probe import AttributeHead, BlockOutput, probe_loss
 from vidfusion.training.checkpointing import (
     latest_checkpoint,
     optimizer_parts,
@@ -172,13 +178,21 @@ def train(cfg: DiTTrainConfig) -> Path:
     model.gradient_checkpointing = cfg.gradient_checkpointing
     ema = EMA(model, cfg.ema_decay)
     opt = adamw(model, cfg.lr, (cfg.adam_beta1, cfg.adam_beta2), cfg.weight_decay, device)
+    probe = None
+    if cfg.attribute_loss > 0:
+        head = AttributeHead(config.inner_dim, cfg.attribute_hidden).to(device).train()
+        probe = Probe(head, adamw(head, cfg.lr, (cfg.adam_beta1, cfg.adam_beta2), cfg.weight_decay, device),
+                      BlockOutput(model.transformer_blocks[cfg.attribute_layer - 1]))
     forward = torch.compile(model) if cfg.compile and device.type == "cuda" else model
     ab = alphas_cumprod(SCHEDULE).to(device)
 
     start, first_sample = 0, 0
     folder = latest_checkpoint(ckpt_root)
     if folder is not None:
-        state = restore(folder, {"model": model}, {"optimizer": opt}, ema)
+        modules, optimizers = {"model": model}, {"optimizer": opt}
+        if probe is not None:
+            modules["attribute_head"], optimizers["head_optimizer"] = probe.head, probe.optimizer
+        state = restore(folder, modules, optimizers, ema)
         start, first_sample = state["step"], state["data_position"]
         note = describe_resume(state["config"], config_to_dict(cfg))
         print(f"resuming from {folder} (step {start})" + (f"; {note}" if note else ""))
@@ -186,6 +200,10 @@ def train(cfg: DiTTrainConfig) -> Path:
     def save(step: int) -> Path:
         opt_tensors, opt_json = optimizer_parts("optimizer", opt)
         tensors = {"model": model.state_dict(), "ema": ema.state_dict(), "rng": rng_state(), **opt_tensors}
+        if probe is not None:
+            head_tensors, head_json = optimizer_parts("head_optimizer", probe.optimizer)
+            tensors.update(attribute_head=probe.head.state_dict(), **head_tensors)
+            opt_json = {**opt_json, **head_json}
         train_state = {
             "data_position": first_sample + -(-(step - start) // cfg.echo) * cfg.batch_size,  # batches begun
             "ema_updates": ema.num_updates,
@@ -200,13 +218,16 @@ def train(cfg: DiTTrainConfig) -> Path:
     progress = Progress(start, cfg.steps, "dit", cfg.progress)
     averager = Averager()
     with_masks = cfg.object_weight > 0
+    labels = None
+    if probe is not None:  # token footprints: latent frames x (VAE stride * patch) pixels square
+        labels = (vae.config.temporal_compression_ratio, vae.config.spatial_compression_ratio * cfg.patch_size)
     if cfg.task_mix:
         dataset = TaskMixClips(cfg.seed, cfg.num_frames, cfg.height, cfg.width, cfg.task_mix, cfg.extend_frames,
                                cfg.interp_fps, cfg.base_fps, cfg.context_dropout, with_masks=with_masks,
-                               with_swaps=cfg.shape_contrast > 0)
+                               with_swaps=cfg.shape_contrast > 0, labels=labels)
     else:
         dataset = WorldClips(cfg.seed, cfg.num_frames, cfg.height, cfg.width, with_masks=with_masks,
-                             with_swaps=cfg.shape_contrast > 0)
+                             with_swaps=cfg.shape_contrast > 0, labels=labels)
     # A checkpoint always falls on a batch boundary (validate: echo divides ckpt_every), so data_position counts
     # batches * batch_size and a resume starts a fresh batch.
     loader = make_loader(dataset, first_sample, -(-(cfg.steps - start) // cfg.echo), cfg.batch_size,
@@ -215,6 +236,8 @@ def train(cfg: DiTTrainConfig) -> Path:
     for step, (batch, repeat) in enumerate(echoed(loader, cfg.echo, cfg.steps - start), start):
         lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
         set_lr(opt, lr)
+        if probe is not None:
+            set_lr(probe.optimizer, lr)
         # Once per log window the parts of a step are timed (with device syncs), to show where the time goes.
         clock = SectionClock(device, enabled=step % cfg.log_every == 0 and repeat == 0)
         if repeat == 0:
@@ -231,8 +254,9 @@ def train(cfg: DiTTrainConfig) -> Path:
         x0, context = latents, caption_states(cfg, step, captions, text_encoder)
         negatives = shape_negatives(cfg, step, batch, text_encoder) if cfg.shape_contrast > 0 else None
         clock.lap("time/text_ms")
+        targets = (batch["object_fractions"], batch["object_classes"]) if probe is not None else None
         metrics = train_step(cfg, step, x0, context, forward, model, opt, ab, device, amp, condition, weights,
-                             negatives, pixels)
+                             negatives, pixels, probe, targets)
         clock.lap("time/step_ms")
         ema.update(model)
         clock.lap("time/ema_ms")
@@ -381,11 +405,15 @@ def train_step(cfg: DiTTrainConfig, step: int, x0: torch.Tensor, context: torch.
                amp: torch.dtype | None, condition: dict[str, torch.Tensor] | None = None,
                weights: torch.Tensor | None = None,
                negatives: tuple[torch.Tensor, torch.Tensor] | None = None,
-               pixels: PixelTarget | None = None) -> dict[str, torch.Tensor]:
+               pixels: PixelTarget | None = None, probe: Probe | None = None,
+               targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """One optimiser step. `negatives` (shape-swapped caption states [B, L, D], and a bool [B] of the samples that
     have one) adds cfg.shape_contrast * mean(relu(shape_margin - (L_swapped - L_true))) over those samples, with
     per-sample losses on the same noisy input, timestep and target. `pixels` adds cfg.pixel_loss * `pixel_loss` on
-    the first cfg.pixel_loss_clips samples whose t is below cfg.pixel_loss_max_t (none: no term this step)."""
+    the first cfg.pixel_loss_clips samples whose t is below cfg.pixel_loss_max_t (none: no term this step).
+    `probe` with `targets` (object shares per token [B, K, F, h, w], object classes [B, K, 3]) adds
+    cfg.attribute_loss * the attribute probe's loss on the tokens of the true caption's forward, and steps its
+    head."""
     generator = step_generator(cfg.seed, step, NOISE_STREAM, device)
     t = training_timesteps(x0.shape[0], cfg.timestep_power, generator, device)
     noise = torch.randn(x0.shape, generator=generator, device=device)
@@ -402,6 +430,10 @@ def train_step(cfg: DiTTrainConfig, step: int, x0: torch.Tensor, context: torch.
     target = v_target(ab, x0, noise, t)
     loss = F.mse_loss(v_pred, target) if weights is None else weighted_mse(v_pred, target, weights)
     metrics = {}
+    if probe is not None:
+        out = probe_loss(probe.head, probe.block.take(), *targets, cfg.object_weight)
+        loss = loss + cfg.attribute_loss * out.loss
+        metrics.update(out.metrics)
     if negatives is not None and bool(negatives[1].any()):
         swapped_context, valid = negatives
         rows = valid.nonzero().flatten()
@@ -411,7 +443,7 @@ def train_step(cfg: DiTTrainConfig, step: int, x0: torch.Tensor, context: torch.
         gap = swapped_loss - true_loss
         contrast = F.relu(cfg.shape_margin - gap).mean()
         loss = loss + cfg.shape_contrast * contrast
-        metrics = {"train/shape_gap": gap.detach().mean(), "train/shape_hinge": contrast.detach()}
+        metrics.update({"train/shape_gap": gap.detach().mean(), "train/shape_hinge": contrast.detach()})
     if pixels is not None:
         rows = (t < cfg.pixel_loss_max_t).nonzero().flatten()[: cfg.pixel_loss_clips]
         if len(rows):
@@ -420,10 +452,24 @@ def train_step(cfg: DiTTrainConfig, step: int, x0: torch.Tensor, context: torch.
             loss = loss + cfg.pixel_loss * term
             metrics["train/pixel_loss"] = term.detach()
     opt.zero_grad(set_to_none=True)
+    if probe is not None:
+        probe.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = grad_norm_and_clip([p for p in model.parameters() if p.grad is not None], cfg.grad_clip)
     opt.step()
+    if probe is not None:
+        grad_norm_and_clip(list(probe.head.parameters()), cfg.grad_clip)
+        probe.optimizer.step()
     return {"train/loss": loss.detach(), "train/grad_norm": grad_norm, **metrics}
+
+
+@dataclasses.dataclass
+class Probe:
+    """The attribute probe's trainable head, its optimiser, and the hook that keeps its block's tokens."""
+
+    head: AttributeHead
+    optimizer: torch.optim.Optimizer
+    block: BlockOutput
 
 
 @dataclasses.dataclass
