@@ -14,6 +14,7 @@ import torch
 from vidfusion.data.world import render, scene_and_caption
 from vidfusion.errors import VidFusionError
 from vidfusion.evaluation import prompt_eval
+from vidfusion.evaluation.adherence import format_confusion
 
 N = 30
 SPLIT = "heldout"
@@ -55,6 +56,13 @@ def test_ground_truth_generator_scores_high(calls, tmp_path):
     row = result["rows"][3]
     assert row["prompt"] == calls[3].prompt and row["index"] == 3
     assert row["attributes"]["colour"] == scene_and_caption(3, SPLIT)[0].objects[0].colour
+    # Ground truth fills the confusion table's diagonal: one count per object group that asks for a shape.
+    confusion = result["shape_confusion"]
+    groups = [g for r in result["rows"] for g in r["attributes"]["objects"]]
+    assert sum(sum(row.values()) for row in confusion.values()) == len(groups)
+    for asked, row in confusion.items():
+        assert row[asked] >= 0.95 * sum(row.values()), (asked, row)
+        assert sum(row.values()) == sum(g["shape"] == asked for g in groups)
     json.loads(json.dumps(result))  # the CLI writes it as JSON
 
 
@@ -68,6 +76,9 @@ def test_blank_generator_scores_zero_colour(calls, monkeypatch):
     result = prompt_eval.evaluate_adherence(components, n=10, split="val", num_steps=3, guidance=1.0, progress=False)
     assert result["table"]["colour"] == {"accuracy": 0.0, "n": 10}
     assert result["table"]["all"]["accuracy"] == 0.0
+    # No colour found: every asked shape is read as "none".
+    assert all(row["none"] == sum(row.values()) for row in result["shape_confusion"].values())
+    assert format_confusion(result["shape_confusion"]).splitlines()[0].split()[-1] == "none"
     assert {(r.num_steps, r.guidance_scale, r.seed) for r in calls} == {(3, 1.0, 0)}  # explicit settings win
 
 

@@ -235,7 +235,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_adherence(args: argparse.Namespace) -> None:
-    from vidfusion.evaluation.adherence import format_summary
+    from vidfusion.evaluation.adherence import format_confusion, format_summary
     from vidfusion.evaluation.prompt_eval import evaluate_adherence
     from vidfusion.io.pretrained import load_pretrained
 
@@ -250,6 +250,7 @@ def cmd_eval_adherence(args: argparse.Namespace) -> None:
     print(f"{model.name}: {args.n} {args.split} prompts, {settings['num_steps']} steps, "
           f"guidance {settings['guidance_scale']}, seed {args.seed}, {elapsed:.1f} s")
     print(format_summary(result["table"]))
+    print(format_confusion(result["shape_confusion"]))
     if args.json:
         _write_json(args.json, {**result, "seconds": elapsed})
 

@@ -237,3 +237,24 @@ def format_summary(table: Mapping[str, Mapping[str, float]]) -> str:
     lines = [f"{'attribute':<10} {'accuracy':>8} {'n':>6}"]
     lines += [f"{name:<10} {row['accuracy']:>8.3f} {row['n']:>6d}" for name, row in table.items()]
     return "\n".join(lines)
+
+
+def shape_confusion(scores: Iterable[Mapping], attributes: Iterable[Mapping]) -> dict[str, dict[str, int]]:
+    """How often each asked shape was read as each shape: {asked: {read: count}}, over every object group that
+    asks for a shape; "none" when the group's colour was not found. Accuracy alone cannot tell a model that draws
+    the wrong shapes from one whose ragged blobs the checker reads as random shapes; the table can."""
+    table = {shape: {read: 0 for read in (*SHAPES, "none")} for shape in SHAPES}
+    for score, attrs in zip(scores, attributes):
+        for group, found in zip(_groups(attrs), score["measurements"]["groups"]):
+            if group.get("shape") is not None:
+                table[group["shape"]][found["shape"] or "none"] += 1
+    return table
+
+
+def format_confusion(table: Mapping[str, Mapping[str, int]]) -> str:
+    """`shape_confusion` as aligned text: one row per asked shape, one column per shape read."""
+    columns = list(next(iter(table.values())))
+    lines = [f"{'asked / read':<12}" + "".join(f"{c:>9}" for c in columns)]
+    lines += [f"{asked:<12}" + "".join(f"{row[c]:>9d}" for c in columns) for asked, row in table.items()]
+    return "\n".join(lines)
+

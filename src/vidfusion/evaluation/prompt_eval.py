@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from vidfusion.data.world import prompt_attributes, scene_and_caption
 from vidfusion.errors import VidFusionError
-from vidfusion.evaluation.adherence import score_video, summarise
+from vidfusion.evaluation.adherence import score_video, shape_confusion, summarise
 from vidfusion.io.pretrained import Components
 from vidfusion.io.video import to_uint8_frames
 from vidfusion.pipelines.text_to_video import T2VRequest, sampling_default, text_to_video
@@ -33,7 +33,8 @@ def evaluate_adherence(
 ) -> dict:
     """Generate one video per caption of `split[:n]` and score it.
 
-    Returns {"table": per-attribute {"accuracy", "n"} (as `adherence.summarise`), "rows": one per prompt with
+    Returns {"table": per-attribute {"accuracy", "n"} (as `adherence.summarise`), "shape_confusion": asked shape ->
+    shape read -> count (`adherence.shape_confusion`), "rows": one per prompt with
     index, prompt, heldout_phrasing, attributes and scores, "settings": what was run}. `num_steps` and `guidance`
     default to the model's tuned values (`components.defaults`).
     """
@@ -54,4 +55,6 @@ def evaluate_adherence(
                      "attributes": attributes, "scores": score_video(video, attributes)})
     settings = {"model": str(components.path) if getattr(components, "path", None) else None, "split": split,
                 "n": n, "seed": seed, "num_steps": num_steps, "guidance_scale": guidance}
-    return {"table": summarise(r["scores"] for r in rows), "rows": rows, "settings": settings}
+    confusion = shape_confusion([r["scores"] for r in rows], [r["attributes"] for r in rows])
+    return {"table": summarise(r["scores"] for r in rows), "shape_confusion": confusion, "rows": rows,
+            "settings": settings}
