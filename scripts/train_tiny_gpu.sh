@@ -104,6 +104,20 @@ finetune_args() {
     warmup_steps=100 object_weight=${OBJECT_WEIGHT:-4} export_dtype=bf16 sample_every=100000
 }
 
+# logs_back NAME LINES LEVELS...: print the last LINES of each run's log ($R/NAME<level>) and send the logs, metrics and
+# any $R/NAME<level>_adherence.json back as one tar ($OUT takes 8 files)
+logs_back() {
+  local name=$1 lines=$2 level; shift 2
+  mkdir -p $R/${name}logs
+  for level in "$@"; do
+    tail -n $lines $R/$name$level.log
+    cp $R/$name$level.log $R/${name}logs/
+    cp $R/$name$level/metrics.jsonl $R/${name}logs/$name${level}_metrics.jsonl || true
+    [ ! -f $R/$name${level}_adherence.json ] || cp $R/$name${level}_adherence.json $R/${name}logs/
+  done
+  tar -C $R -cf $OUT/${name}logs.tar ${name}logs
+}
+
 bring_back() {  # bring_back NAME FOLDER: tar a folder into 15 MB parts under $OUT
   tar -C "$(dirname $2)" -cf - "$(basename $2)" | split -b 15M - $OUT/$1.tar.part-
 }
@@ -228,13 +242,7 @@ pixloss)  # the shipped transformer with the pixel loss (train_dit.py pixel_loss
         || finish $R/pix$level dit configs/dit_tiny.toml "${args[@]}" >> $R/pix$level.log ) &
   done
   wait
-  L=$R/pixlogs; mkdir -p $L  # $OUT takes 8 files: the logs come back as one tar
-  for level in "${levels[@]}"; do
-    tail -n 2 $R/pix$level.log
-    cp $R/pix$level.log $L/
-    cp $R/pix$level/metrics.jsonl $L/pix${level}_metrics.jsonl || true
-  done
-  tar -C $R -cf $OUT/pixlogs.tar pixlogs
+  logs_back pix 2 "${levels[@]}"
   if [ -z "${PIX_PARTIAL:-}" ]; then
     b=${PIX_BRING:-${levels[0]}}
     bring_back pix${b}_transformer $R/pix$b/export/transformer
@@ -260,14 +268,7 @@ probe)  # the shipped transformer with the attribute probe (train_dit.py attribu
       fi ) &
   done
   wait
-  L=$R/probelogs; mkdir -p $L  # $OUT takes 8 files: the logs come back as one tar
-  for level in "${levels[@]}"; do
-    tail -n 9 $R/probe$level.log
-    cp $R/probe$level.log $L/
-    cp $R/probe$level/metrics.jsonl $L/probe${level}_metrics.jsonl || true
-    cp $R/probe${level}_adherence.json $L/ || true
-  done
-  tar -C $R -cf $OUT/probelogs.tar probelogs
+  logs_back probe 9 "${levels[@]}"
   if [ -z "${PROBE_PARTIAL:-}" ] && [ -n "${PROBE_BRING:-}" ]; then
     bring_back probe${PROBE_BRING}_transformer $R/probe$PROBE_BRING/export/transformer
   fi

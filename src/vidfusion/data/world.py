@@ -424,17 +424,24 @@ def _polygons(scene: SceneSpec, states: list, i: int, height: int, width: int) -
     return polygons
 
 
-def object_masks(scene: SceneSpec, num_frames: int = 17, height: int = 128, width: int = 128,
-                 times: np.ndarray | None = None) -> np.ndarray:
-    """Where the objects are: bool `[num_frames, height, width]`, True on every pixel an object's outline covers at
-    least partly (the footprint of `render`'s anti-aliased shapes, with the same `times`). Training uses it to weight
-    the loss towards the objects, which carry everything a caption says (training/train_dit.py)."""
+def _object_states(scene: SceneSpec, num_frames: int, height: int, width: int,
+                   times: np.ndarray | None) -> tuple[int, list]:
+    """(frame count, each object's per-frame state) for drawing masks at `times` (default: evenly over the clip)."""
     if times is not None:
         num_frames = np.asarray(times).size
     _check_size(num_frames, height, width)
     if times is None:
         times = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
     states = [object_state(obj, np.asarray(times, dtype=np.float64)) for obj in scene.objects]
+    return num_frames, states
+
+
+def object_masks(scene: SceneSpec, num_frames: int = 17, height: int = 128, width: int = 128,
+                 times: np.ndarray | None = None) -> np.ndarray:
+    """Where the objects are: bool `[num_frames, height, width]`, True on every pixel an object's outline covers at
+    least partly (the footprint of `render`'s anti-aliased shapes, with the same `times`). Training uses it to weight
+    the loss towards the objects, which carry everything a caption says (training/train_dit.py)."""
+    num_frames, states = _object_states(scene, num_frames, height, width, times)
     # Drawn like `render` (supersampled 2x, anti-aliased) so any pixel the shapes touch there is in the footprint.
     big = np.zeros((num_frames, 2 * height, 2 * width), dtype=np.uint8)
     for i in range(num_frames):
@@ -448,12 +455,7 @@ def object_id_maps(scene: SceneSpec, num_frames: int = 17, height: int = 128, wi
     """Which object each pixel shows: uint8 `[num_frames, height, width]`, i + 1 where `scene.objects[i]` covers the
     pixel's centre and 0 elsewhere (objects never overlap, so no pixel has two). Training reads each latent token's
     share of every object from it (training/attribute_probe.py)."""
-    if times is not None:
-        num_frames = np.asarray(times).size
-    _check_size(num_frames, height, width)
-    if times is None:
-        times = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
-    states = [object_state(obj, np.asarray(times, dtype=np.float64)) for obj in scene.objects]
+    num_frames, states = _object_states(scene, num_frames, height, width, times)
     ids = np.zeros((num_frames, height, width), dtype=np.uint8)
     for i in range(num_frames):
         for k, points in enumerate(_polygons(scene, states, i, height, width)):
