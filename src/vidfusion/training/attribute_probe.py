@@ -14,6 +14,10 @@ REPA's idea (Yu et al. 2024: aligning a diffusion transformer's middle layer wit
 training many times over), with the world's labels as the representation, since no pretrained vision encoder can be
 downloaded here. Separate heads per attribute keep shape and colour apart, which held-out colour-shape pairs need.
 
+Measured in session 13 (model card): the head learns to name the shape of half the object tokens, so the middle
+layers do carry the caption's shape; the generated outlines still do not follow it (shape +5.8 +- 2.6 points over a
+control in 4,000 steps, most of it more blobs read as crosses).
+
 Token footprints follow the transformer's token grid: latent frame 0 is pixel frame 0 alone and latent frame k >= 1
 is pixel frames 4k-3 .. 4k (the causal VAE's grouping); each token is patch_size x 8 pixels square.
 """
