@@ -3,14 +3,13 @@ objects, its loss is the soft cross-entropy, its gradient reaches only the block
 resumes bit for bit and exports a plain transformer."""
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vidfusion.data.world import COLOURS, MOTIONS, PALETTE, SHAPES, object_id_maps, object_masks, render, sample
+from vidfusion.data.world import COLOURS, MOTIONS, PALETTE, SHAPES, object_id_maps, object_masks, sample
 from vidfusion.diffusion.schedule import COGVIDEOX_5B_SCHEDULE, alphas_cumprod
 from vidfusion.errors import VidFusionError
 from vidfusion.io.pretrained import load_pretrained
@@ -116,7 +115,7 @@ def test_probe_gradient_reaches_only_the_blocks_it_reads():
 
 
 def test_trainer_with_probe_resumes_bit_identically_and_exports_a_plain_transformer(tmp_path):
-    from vidfusion.training.train_dit import train, train_step
+    from vidfusion.training.train_dit import Probe, train, train_step
 
     torch.manual_seed(0)
     vae = CogVideoXVAE(tiny_random_config(sample_height=32, sample_width=32))
@@ -145,7 +144,6 @@ def test_trainer_with_probe_resumes_bit_identically_and_exports_a_plain_transfor
     x0, context = torch.randn(2, 3, 4, 4, 4), torch.randn(2, 6, 8)
     targets = (torch.rand(2, 3, 3, 2, 2) / 3, torch.tensor([[[0, 1, 2], [1, 2, 3], [-1, -1, -1]]] * 2))
     ab = alphas_cumprod(COGVIDEOX_5B_SCHEDULE)
-    from vidfusion.training.train_dit import Probe
 
     def step(with_probe):
         m = copy.deepcopy(model)
