@@ -268,7 +268,7 @@ probe)  # the shipped transformer with the attribute probe (train_dit.py attribu
       fi ) &
   done
   wait
-  logs_back probe 9 "${levels[@]}"
+  logs_back probe 16 "${levels[@]}"  # the adherence table and the shape confusion table
   if [ -z "${PROBE_PARTIAL:-}" ] && [ -n "${PROBE_BRING:-}" ]; then
     bring_back probe${PROBE_BRING}_transformer $R/probe$PROBE_BRING/export/transformer
   fi

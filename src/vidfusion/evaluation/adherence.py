@@ -257,4 +257,3 @@ def format_confusion(table: Mapping[str, Mapping[str, int]]) -> str:
     lines = [f"{'asked / read':<12}" + "".join(f"{c:>9}" for c in columns)]
     lines += [f"{asked:<12}" + "".join(f"{row[c]:>9d}" for c in columns) for asked, row in table.items()]
     return "\n".join(lines)
-
